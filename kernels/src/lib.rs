@@ -1,0 +1,53 @@
+//! Shared foundation of the DeepSeek-V3 inference workspace.
+//!
+//! - [`dtype`], [`rng`], [`metrics`], [`error`]: element types (with the exact e4m3 codec), the
+//!   workspace's random source, error metrics and the error type.
+//! - [`reference`]: the shared ops as plain Rust (the spec).
+//! - [`cases`]: the benchmark cases of the shared ops, one list for the harness and criterion.
+//! - With the `cuda` feature: [`gpu`] (the runtime on cudarc: device, buffers, modules, launches,
+//!   event timing), [`ops`] (launch wrappers of `cuda/*.cu`) and [`checks`] (kernel-vs-reference
+//!   checks used by both the tests and `harness verify`).
+
+// Lets the generated `cubins.rs` name `::kernels::Cubin` from inside this crate too.
+extern crate self as kernels;
+
+pub mod cases;
+pub mod dtype;
+pub mod error;
+pub mod metrics;
+pub mod reference;
+pub mod rng;
+
+#[cfg(feature = "cuda")]
+pub mod checks;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+#[cfg(feature = "cuda")]
+pub mod ops;
+
+pub use dtype::{DType, E4m3, Element, Float};
+pub use error::{Error, Result};
+
+/// One compiled CUDA source file: a fatbin with sm_90a SASS and compute_90a PTX, embedded in the
+/// binary by the crate's build script.
+#[derive(Clone, Copy, Debug)]
+pub struct Cubin {
+    /// `<crate>/<file stem>`, unique across the workspace.
+    pub name: &'static str,
+    pub image: &'static [u8],
+}
+
+/// The fatbins of this crate's `cuda/*.cu` (empty without the `cuda` feature).
+pub mod cubins {
+    include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
+}
+
+/// Whether this build contains the CUDA kernels.
+pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
+
+/// Prints a line that stays visible under `cargo test` (libtest captures `println!`, not direct
+/// writes to the stderr handle): GPU tests use it to say they were skipped and why.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+}

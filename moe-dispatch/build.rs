@@ -1,0 +1,3 @@
+fn main() {
+    cuda_build::build_crate_kernels();
+}
