@@ -68,8 +68,11 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   float local_max = -INFINITY;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) local_max = fmaxf(local_max, ordered(row[i]) / t);
   const float max_z = block_max(local_max, scratch);
-  if (max_z == -INFINITY) {  // every logit -inf or NaN: the reference picks token 0
-    if (threadIdx.x == 0) out[r] = 0;
+  if (!isfinite(max_z)) {
+    // Every logit -inf/NaN, or logit / T overflowed to +inf: the weights would be NaN, so the
+    // reference takes the limit of the distribution, the greedy argmax (token 0 if all -inf).
+    const int idx = row_argmax(row, vocab, scratch, si);
+    if (threadIdx.x == 0) out[r] = idx;
     return;
   }
   auto weight = [&](int i) { return expf(ordered(row[i]) / t - max_z); };

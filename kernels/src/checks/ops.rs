@@ -3,29 +3,13 @@
 use half::bf16;
 
 use super::{CheckReport, BF16_ELEMENTWISE_TOL};
+use crate::cases::deepseek_v3_rope;
 use crate::error::Result;
 use crate::gpu::{DeviceStatus, Gpu};
 use crate::metrics::{rel_l2, rel_l2_f32};
 use crate::ops;
-use crate::reference::{self, RopeLayout, RopeParams, SamplingParams, ScaleLayout, YarnScaling};
+use crate::reference::{self, RopeLayout, SamplingParams, ScaleLayout};
 use crate::rng::{sampling_uniform, Rng};
-
-/// The DeepSeek-V3 RoPE configuration (spec §1).
-pub fn deepseek_v3_rope() -> RopeParams {
-    RopeParams::new(
-        10_000.0,
-        64,
-        Some(YarnScaling {
-            factor: 40.0,
-            original_max_position_embeddings: 4096,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            mscale: 1.0,
-            mscale_all_dim: 1.0,
-        }),
-    )
-    .expect("valid constant config")
-}
 
 pub fn check_rms_norm(
     gpu: &Gpu,

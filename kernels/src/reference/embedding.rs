@@ -6,7 +6,13 @@ const OP: &str = "embedding";
 
 /// `table` is [vocab, hidden]; every id must be in 0..vocab.
 pub fn embedding<T: Copy>(table: &[T], vocab: usize, hidden: usize, ids: &[i32]) -> Result<Vec<T>> {
-    check_len(OP, "table", table.len(), vocab * hidden)?;
+    let table_len = vocab.checked_mul(hidden).ok_or_else(|| {
+        Error::shape(
+            OP,
+            format!("table shape [{vocab}, {hidden}] overflows the address space"),
+        )
+    })?;
+    check_len(OP, "table", table.len(), table_len)?;
     let mut out = Vec::with_capacity(ids.len() * hidden);
     for (t, &id) in ids.iter().enumerate() {
         if id < 0 || id as usize >= vocab {

@@ -170,10 +170,22 @@ impl RopeLayout {
         if self.tokens == 0 || self.heads == 0 {
             return Ok(());
         }
-        let last = (self.tokens - 1) * self.token_stride
-            + (self.heads - 1) * self.head_stride
-            + self.offset
-            + rope_dim;
+        let too_far = || {
+            Error::shape(
+                OP,
+                format!("layout {self:?} with rope_dim {rope_dim} overflows the address space"),
+            )
+        };
+        // Checked: a corrupt stride must give an error, not a wrapped index that passes.
+        let last = (self.tokens - 1)
+            .checked_mul(self.token_stride)
+            .and_then(|a| Some((a, (self.heads - 1).checked_mul(self.head_stride)?)))
+            .and_then(|(a, b)| {
+                a.checked_add(b)?
+                    .checked_add(self.offset)?
+                    .checked_add(rope_dim)
+            })
+            .ok_or_else(too_far)?;
         if last > len {
             return Err(Error::shape(
                 OP,

@@ -9,7 +9,10 @@
 //!    (the last nucleus index if rounding leaves none).
 //!
 //! temperature == 0 means greedy; top_p == 1 keeps the whole vocabulary. NaN logits are treated
-//! as -inf (never chosen unless the whole row is NaN, then token 0).
+//! as -inf (never chosen unless the whole row is NaN, then token 0). When max z is not finite
+//! (every logit -inf/NaN, or a logit / T overflowed to +inf) the weights of step 1 are undefined;
+//! the token is then the greedy argmax of the logits, the limit of the distribution (token 0 for
+//! an all -inf row).
 
 use crate::error::{check_len, Error, Result};
 use crate::rng::sampling_uniform;
@@ -74,10 +77,20 @@ pub fn argmax(logits: &[f32], vocab: usize) -> Result<Vec<i32>> {
     Ok(logits.chunks_exact(vocab).map(argmax_row).collect())
 }
 
-/// The unnormalized probabilities e_i of one row (rule step 1).
+/// z_i = logit_i / T of rule step 1 (NaN counts as -inf).
+pub fn scaled_logits(row: &[f32], temperature: f32) -> Vec<f32> {
+    row.iter().map(|&v| ordered(v) / temperature).collect()
+}
+
+fn max_of(z: &[f32]) -> f32 {
+    z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// The unnormalized probabilities e_i of one row (rule step 1). Only meaningful when max z is
+/// finite; `sample_row` handles the other case before calling this.
 pub fn row_weights(row: &[f32], temperature: f32) -> Vec<f32> {
-    let z: Vec<f32> = row.iter().map(|&v| ordered(v) / temperature).collect();
-    let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let z = scaled_logits(row, temperature);
+    let max = max_of(&z);
     z.iter().map(|&v| (v - max).exp()).collect()
 }
 
@@ -129,7 +142,13 @@ pub fn sample_row(row: &[f32], params: SamplingParams, u: f32) -> i32 {
     if params.temperature == 0.0 {
         return argmax_row(row);
     }
-    let e = row_weights(row, params.temperature);
+    let z = scaled_logits(row, params.temperature);
+    let max = max_of(&z);
+    if !max.is_finite() {
+        // exp(z - max) would be NaN; the limit of the distribution is the largest logit.
+        return argmax_row(row);
+    }
+    let e: Vec<f32> = z.iter().map(|&v| (v - max).exp()).collect();
     let tau = nucleus_threshold(&e, params.top_p);
     pick(&e, tau, u)
 }
