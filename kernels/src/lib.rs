@@ -1,7 +1,7 @@
 //! Shared foundation of the DeepSeek-V3 inference workspace.
 //!
-//! - [`dtype`], [`rng`], [`metrics`], [`error`]: element types (with the exact e4m3 codec), the
-//!   workspace's random source, error metrics and the error type.
+//! - [`dtype`], [`rng`], [`metrics`], [`stats`], [`error`]: element types (with the exact e4m3
+//!   codec), the workspace's random source, error metrics, timing summaries and the error type.
 //! - [`reference`]: the shared ops as plain Rust (the spec).
 //! - [`cases`]: the benchmark cases of the shared ops, one list for the harness and criterion.
 //! - With the `cuda` feature: [`gpu`] (the runtime on cudarc: device, buffers, modules, launches,
@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod reference;
 pub mod rng;
+pub mod stats;
 
 #[cfg(feature = "cuda")]
 pub mod checks;

@@ -4,35 +4,7 @@ use super::{cuda_err, Gpu};
 use crate::error::Result;
 use cudarc::driver::sys::CUevent_flags;
 
-/// Per-repetition times in milliseconds and their summary.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TimingStats {
-    pub median_ms: f64,
-    pub min_ms: f64,
-    pub max_ms: f64,
-    pub reps: usize,
-}
-
-impl TimingStats {
-    pub fn from_samples(samples: &[f32]) -> TimingStats {
-        let mut s: Vec<f64> = samples.iter().map(|&v| f64::from(v)).collect();
-        s.sort_by(f64::total_cmp);
-        let n = s.len();
-        let median = if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            0.5 * (s[n / 2 - 1] + s[n / 2])
-        };
-        TimingStats {
-            median_ms: median,
-            min_ms: s.first().copied().unwrap_or(f64::NAN),
-            max_ms: s.last().copied().unwrap_or(f64::NAN),
-            reps: n,
-        }
-    }
-}
+pub use crate::stats::TimingStats;
 
 impl Gpu {
     /// Runs `f` `warmup` times, then `reps` times with an event recorded between repetitions.
@@ -63,6 +35,45 @@ impl Gpu {
         let samples = events
             .windows(2)
             .map(|w| w[0].elapsed_ms(&w[1]))
+            .collect::<Result<Vec<f32>, _>>()
+            .map_err(cuda_err("reading event times (a kernel may have faulted)"))?;
+        Ok(TimingStats::from_samples(&samples))
+    }
+
+    /// Like [`Gpu::time`], but runs `between` before every repetition outside the timed region
+    /// (two events per repetition). With `between` overwriting a buffer larger than L2 this
+    /// measures the cold-cache time: inputs come from device memory, as weights do in decode.
+    pub fn time_separated(
+        &self,
+        warmup: usize,
+        reps: usize,
+        mut between: impl FnMut() -> Result<()>,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<TimingStats> {
+        for _ in 0..warmup {
+            between()?;
+            f()?;
+        }
+        let new_event = || {
+            self.context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err("creating timing events"))
+        };
+        let mut pairs = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let (start, end) = (new_event()?, new_event()?);
+            between()?;
+            start
+                .record(self.stream())
+                .map_err(cuda_err("recording an event"))?;
+            f()?;
+            end.record(self.stream())
+                .map_err(cuda_err("recording an event"))?;
+            pairs.push((start, end));
+        }
+        let samples = pairs
+            .iter()
+            .map(|(s, e)| s.elapsed_ms(e))
             .collect::<Result<Vec<f32>, _>>()
             .map_err(cuda_err("reading event times (a kernel may have faulted)"))?;
         Ok(TimingStats::from_samples(&samples))

@@ -1,0 +1,199 @@
+//! `harness verify`: every GPU kernel of the workspace against its Rust reference, on fresh random
+//! inputs, one table row per kernel and case.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::environment::{utc_now, BUILD_COMMIT};
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Fewer and smaller cases (a minute-scale smoke run).
+    #[arg(long)]
+    pub quick: bool,
+    /// Fail (exit 2) instead of skipping when no CUDA device can be used.
+    #[arg(long)]
+    pub require_gpu: bool,
+    /// Also write every row as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+/// Exit status when the run could not happen because there is no GPU and `--require-gpu` was set.
+const NO_GPU_EXIT: u8 = 2;
+
+pub fn run(args: &VerifyArgs) -> ExitCode {
+    println!("harness verify  commit {BUILD_COMMIT}  {}", utc_now());
+    match gpu_run::run(args) {
+        Outcome::Done { failures: 0 } => ExitCode::SUCCESS,
+        Outcome::Done { failures } => {
+            eprintln!("verify: {failures} case(s) failed");
+            ExitCode::FAILURE
+        }
+        Outcome::NoGpu(why) => {
+            println!("skipped: no CUDA device: {why}");
+            if args.require_gpu {
+                eprintln!("verify: --require-gpu was given and no CUDA device can be used");
+                ExitCode::from(NO_GPU_EXIT)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Outcome::Unusable(why) => {
+            eprintln!("verify: cannot run the kernels: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+enum Outcome {
+    Done {
+        failures: usize,
+    },
+    NoGpu(String),
+    /// A device exists but the kernels cannot run on it (not sm_90, driver too old).
+    Unusable(String),
+}
+
+#[cfg(not(feature = "cuda"))]
+mod gpu_run {
+    use super::*;
+
+    pub(super) fn run(_: &VerifyArgs) -> Outcome {
+        Outcome::NoGpu(
+            "harness built without --features cuda (see README: Building for a GPU)".into(),
+        )
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu_run {
+    use super::*;
+    use crate::table::Table;
+    use kernels::checks::CheckReport;
+    use kernels::gpu::Gpu;
+    use kernels::Error;
+
+    /// A crate's checks: every case of its kernels against their references.
+    type Suite = fn(&Gpu, bool) -> Vec<kernels::Result<CheckReport>>;
+
+    /// The check suites of the workspace, one per crate with GPU kernels. A crate that adds
+    /// kernels adds its suite here, so `verify` always covers every kernel.
+    fn suites() -> Vec<(&'static str, Suite)> {
+        vec![("kernels", kernels::checks::all_checks)]
+    }
+
+    #[derive(serde::Serialize)]
+    struct Row {
+        suite: &'static str,
+        #[serde(flatten)]
+        report: Option<CheckReport>,
+        error: Option<String>,
+    }
+
+    pub(super) fn run(args: &VerifyArgs) -> Outcome {
+        let gpu = match Gpu::new(args.device) {
+            Ok(gpu) => gpu,
+            Err(Error::NoCudaDevice(why)) => return Outcome::NoGpu(why),
+            Err(e) => return Outcome::Unusable(e.to_string()),
+        };
+        let info = gpu.info();
+        println!(
+            "device {}: {} (sm_{}{}, {} SMs), driver CUDA {}.{}",
+            info.ordinal,
+            info.name,
+            info.compute_capability.0,
+            info.compute_capability.1,
+            info.multiprocessors,
+            info.driver_cuda_version / 1000,
+            info.driver_cuda_version % 1000 / 10
+        );
+        let mut table = Table::new(&[
+            "suite", "kernel", "case", "metric", "error", "tol", "result",
+        ]);
+        let mut rows = Vec::new();
+        for (suite, checks) in suites() {
+            for result in checks(&gpu, args.quick) {
+                let row = match result {
+                    Ok(report) => Row {
+                        suite,
+                        report: Some(report),
+                        error: None,
+                    },
+                    Err(e) => Row {
+                        suite,
+                        report: None,
+                        error: Some(e.to_string()),
+                    },
+                };
+                table.row(row_cells(&row));
+                rows.push(row);
+            }
+        }
+        table.print();
+        let failures = rows
+            .iter()
+            .filter(|r| !r.report.as_ref().is_some_and(|c| c.passed))
+            .count();
+        println!(
+            "{} cases, {} passed, {failures} failed",
+            rows.len(),
+            rows.len() - failures
+        );
+        for row in rows
+            .iter()
+            .filter(|r| !r.report.as_ref().is_some_and(|c| c.passed))
+        {
+            match (&row.report, &row.error) {
+                (Some(c), _) => println!("FAIL {}/{} {}: {}", row.suite, c.kernel, c.case, c.note),
+                (None, Some(e)) => println!("ERROR {}: {e}", row.suite),
+                (None, None) => {}
+            }
+        }
+        if let Some(path) = &args.json {
+            let doc = serde_json::json!({
+                "tool": "harness verify",
+                "date_utc": utc_now(),
+                "commit": BUILD_COMMIT,
+                "device": info,
+                "quick": args.quick,
+                "rows": rows,
+            });
+            if let Err(e) = crate::write_json(path, &doc) {
+                eprintln!("verify: {e}");
+                return Outcome::Done {
+                    failures: failures + 1,
+                };
+            }
+            println!("wrote {}", path.display());
+        }
+        Outcome::Done { failures }
+    }
+
+    fn row_cells(row: &Row) -> Vec<String> {
+        match (&row.report, &row.error) {
+            (Some(c), _) => vec![
+                row.suite.to_string(),
+                c.kernel.clone(),
+                c.case.clone(),
+                c.metric.to_string(),
+                format!("{:.3e}", c.error),
+                format!("{:.1e}", c.tolerance),
+                if c.passed { "PASS" } else { "FAIL" }.to_string(),
+            ],
+            (None, e) => vec![
+                row.suite.to_string(),
+                "-".into(),
+                e.clone().unwrap_or_default(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "ERROR".into(),
+            ],
+        }
+    }
+}
