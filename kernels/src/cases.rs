@@ -159,17 +159,19 @@ pub fn shared_op_cases(quick: bool) -> Vec<Case> {
     cases
 }
 
+/// DeepSeek-V3's `rope_scaling` (spec §1).
+pub const DEEPSEEK_V3_YARN: YarnScaling = YarnScaling {
+    factor: 40.0,
+    original_max_position_embeddings: 4096,
+    beta_fast: 32.0,
+    beta_slow: 1.0,
+    mscale: 1.0,
+    mscale_all_dim: 1.0,
+};
+
 /// DeepSeek-V3's RoPE parameters (spec §1, §3.2).
 pub fn deepseek_v3_rope() -> RopeParams {
-    let yarn = YarnScaling {
-        factor: 40.0,
-        original_max_position_embeddings: 4096,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
-        mscale: 1.0,
-        mscale_all_dim: 1.0,
-    };
-    RopeParams::new(10_000.0, ROPE_DIM, Some(yarn)).expect("the V3 constants are valid")
+    RopeParams::new(10_000.0, ROPE_DIM, Some(DEEPSEEK_V3_YARN)).expect("the V3 constants are valid")
 }
 
 /// Benchmark sampling settings (DeepSeek's recommended chat settings).

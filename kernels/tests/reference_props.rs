@@ -176,14 +176,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 fn v3_yarn() -> YarnScaling {
-    YarnScaling {
-        factor: 40.0,
-        original_max_position_embeddings: 4096,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
-        mscale: 1.0,
-        mscale_all_dim: 1.0,
-    }
+    kernels::cases::DEEPSEEK_V3_YARN
 }
 
 fn v3_rope() -> RopeParams {
