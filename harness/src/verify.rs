@@ -84,7 +84,10 @@ mod gpu_run {
     /// The check suites of the workspace, one per crate with GPU kernels. A crate that adds
     /// kernels adds its suite here, so `verify` always covers every kernel.
     fn suites() -> Vec<(&'static str, Suite)> {
-        vec![("kernels", kernels::checks::all_checks)]
+        vec![
+            ("kernels", kernels::checks::all_checks),
+            ("fp8-gemm", fp8_gemm::checks::all_checks),
+        ]
     }
 
     #[derive(serde::Serialize)]

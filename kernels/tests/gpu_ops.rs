@@ -10,43 +10,11 @@ fn gpu_ops_need_the_cuda_feature() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use std::sync::{Mutex, OnceLock};
-
-    use kernels::checks::{self, CheckReport};
-    use kernels::gpu::Gpu;
+    use kernels::checks;
+    use kernels::gpu::{assert_pass, test_gpu as gpu};
     use kernels::reference::ScaleLayout;
     use kernels::rng::Rng;
     use proptest::prelude::*;
-
-    /// The shared device, or None after printing the skip line (once per test).
-    fn gpu(test: &'static str) -> Option<&'static Gpu> {
-        static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
-        static SKIPPED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-        let why = match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {
-            Ok(g) => return Some(g),
-            Err(why) => why,
-        };
-        let mut skipped = SKIPPED.lock().unwrap();
-        if !skipped.contains(&test) {
-            skipped.push(test);
-            let why = if why.starts_with("no CUDA device") {
-                why.clone()
-            } else {
-                format!("no CUDA device usable: {why}")
-            };
-            kernels::report_skip(test, &why);
-        }
-        None
-    }
-
-    fn assert_pass(r: kernels::Result<CheckReport>) {
-        let r = r.expect("check ran");
-        assert!(
-            r.passed,
-            "{} {}: {} = {:e} (tolerance {:e}) {}",
-            r.kernel, r.case, r.metric, r.error, r.tolerance, r.note
-        );
-    }
 
     const CASES: u32 = 12;
 

@@ -13,6 +13,8 @@ enum StatusCode : int {
   kStatusOk = 0,
   kStatusIndexOutOfRange = 1,     // a token id >= vocabulary size or < 0
   kStatusPositionOutOfRange = 2,  // a RoPE position outside the precomputed cos/sin table
+  kStatusGroupOutOfRange = 3,     // a grouped GEMM's group index (m_indices) or masked row count
+                                  // (masked_m) outside its valid range; that tile / group skipped
 };
 
 // Records the first non-zero code (later ones are dropped so the message names the first fault).

@@ -284,6 +284,21 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+// bar.arrive id, threads — signals named barrier `id` without waiting (the producer side of a
+// producer / consumer hand-off between warps; the consumers bar.sync with the same thread count).
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// %dynamic_smem_size — bytes of dynamic shared memory this launch was given. Kernels whose layout
+// is a compile-time constant check it on entry, so a host-side size mismatch traps instead of
+// silently overrunning shared memory.
+__device__ __forceinline__ uint32_t dynamic_smem_size() {
+  uint32_t bytes;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+  return bytes;
+}
+
 // setmaxnreg.inc / .dec.sync.aligned.u32 N — warpgroup-wide register reallocation for warp
 // specialisation (N multiple of 8 in [24, 256]). All warps of the warpgroup must execute it.
 // ptxas honours it only when it knows the entry register count: give the kernel

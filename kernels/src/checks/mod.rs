@@ -30,7 +30,7 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    pub(crate) fn new(
+    pub fn new(
         kernel: &str,
         case: String,
         metric: &'static str,
@@ -49,7 +49,7 @@ impl CheckReport {
     }
 
     /// Adds a further condition; the report fails if it does not hold.
-    pub(crate) fn require(mut self, ok: bool, what: impl Into<String>) -> Self {
+    pub fn require(mut self, ok: bool, what: impl Into<String>) -> Self {
         if !ok {
             self.passed = false;
             if !self.note.is_empty() {

@@ -7,13 +7,17 @@
 mod device;
 mod status;
 mod tensor;
+mod testing;
 mod timing;
 mod tma;
 
+/// The enums `tensor_map_2d` takes, so crates without a direct cudarc dependency can call it.
+pub use cudarc::driver::sys::{CUtensorMapDataType, CUtensorMapSwizzle};
 pub use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 pub use device::{DeviceInfo, Gpu};
 pub use status::DeviceStatus;
 pub use tensor::{DeviceElement, DeviceTensor};
+pub use testing::{assert_pass, test_gpu};
 pub use timing::TimingStats;
 pub use tma::{tensor_map_2d, TensorMap};
 

@@ -46,6 +46,11 @@ impl DeviceStatus {
                 op,
                 "a position was outside the RoPE table (detected on the device)",
             ),
+            3 => Error::index(
+                op,
+                "a grouped GEMM's group index (m_indices) or masked row count (masked_m) was out \
+                 of range; the affected tiles were skipped (detected on the device)",
+            ),
             other => Error::Cuda {
                 context: op.into(),
                 detail: format!("kernel reported status {other}"),
