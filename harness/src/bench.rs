@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kernels::cases::{shared_op_cases, Case};
 use kernels::stats::TimingStats;
 
 use crate::environment::{file_stamp, utc_now, BUILD_COMMIT};
+use crate::items::{all_items, BenchItem};
 use crate::table::Table;
 
 #[derive(Debug, clap::Args)]
@@ -50,12 +50,12 @@ pub const GEMM: &str = "cublas_bf16_gemm";
 /// One timed case.
 #[derive(Debug, serde::Serialize)]
 pub struct CaseResult {
-    pub crate_name: &'static str,
-    pub kernel: &'static str,
+    pub suite: &'static str,
+    pub kernel: String,
+    /// "ours" or the peer's name.
+    pub implementation: &'static str,
     pub case: String,
     pub shape: String,
-    pub rows: usize,
-    pub width: usize,
     pub bytes: f64,
     pub flops: f64,
     pub hot: TimingStats,
@@ -63,30 +63,42 @@ pub struct CaseResult {
     pub hot_gb_per_s: f64,
     pub cold_gb_per_s: Option<f64>,
     pub hot_tflop_per_s: f64,
+    pub cold_tflop_per_s: Option<f64>,
     /// cold GB/s over the measured copy ceiling.
     pub cold_fraction_of_copy: Option<f64>,
+    /// Peers: how their output compared with our reference.
+    pub check: Option<String>,
 }
 
 impl CaseResult {
-    pub fn new(case: &Case, hot: TimingStats, cold: Option<TimingStats>) -> Self {
-        let gbps = |t: &TimingStats| case.bytes() / (t.median_ms * 1e-3) / 1e9;
+    pub fn new(item: &BenchItem, hot: TimingStats, cold: Option<TimingStats>) -> Self {
+        let gbps = |t: &TimingStats| item.bytes / (t.median_ms * 1e-3) / 1e9;
+        let tflops = |t: &TimingStats| item.flops / (t.median_ms * 1e-3) / 1e12;
         CaseResult {
-            crate_name: "kernels",
-            kernel: case.op_name(),
-            case: case.name(),
-            shape: case.shape(),
-            rows: case.rows,
-            width: case.width,
-            bytes: case.bytes(),
-            flops: case.flops(),
+            suite: item.suite,
+            kernel: item.kernel.clone(),
+            implementation: item.implementation,
+            case: item.name(),
+            shape: item.shape.clone(),
+            bytes: item.bytes,
+            flops: item.flops,
             hot_gb_per_s: gbps(&hot),
             cold_gb_per_s: cold.as_ref().map(gbps),
-            hot_tflop_per_s: case.flops() / (hot.median_ms * 1e-3) / 1e12,
+            hot_tflop_per_s: tflops(&hot),
+            cold_tflop_per_s: cold.as_ref().map(tflops),
             cold_fraction_of_copy: None,
+            check: None,
             hot,
             cold,
         }
     }
+}
+
+/// A case that did not run, and why.
+#[derive(Debug, serde::Serialize)]
+pub struct Skipped {
+    pub case: String,
+    pub why: String,
 }
 
 /// A measured ceiling (or why it was not measured).
@@ -142,6 +154,7 @@ struct Report {
     method: Method,
     ceilings: Vec<Ceiling>,
     cases: Vec<CaseResult>,
+    skipped: Vec<Skipped>,
 }
 
 pub fn run(args: &BenchArgs) -> ExitCode {
@@ -154,8 +167,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     }
 }
 
-fn selected_cases(args: &BenchArgs) -> Vec<Case> {
-    shared_op_cases(args.quick)
+fn selected_items(args: &BenchArgs) -> Vec<BenchItem> {
+    all_items(args.quick)
         .into_iter()
         .filter(|c| {
             args.filter
@@ -170,7 +183,7 @@ fn run_inner(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let date = utc_now();
     println!("harness bench  commit {BUILD_COMMIT}  {date}");
-    let cases = selected_cases(args);
+    let cases = selected_items(args);
     if cases.is_empty() {
         return Err(format!("no case matches the filter {:?}", args.filter));
     }
@@ -186,12 +199,20 @@ fn run_inner(args: &BenchArgs) -> Result<(), String> {
     write_report(&args.out, &report)
 }
 
-fn cpu_bench(args: &BenchArgs, cases: &[Case], date: &str, why: String) -> Report {
+fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> Report {
     let reps = args.reps.unwrap_or(5).max(1);
     let warmup = args.warmup.min(2);
     let mut results = Vec::new();
-    for case in cases {
-        let mut run = kernels::cases::cpu_runner(case, &mut kernels::rng::Rng::fresh());
+    let mut skipped = Vec::new();
+    for item in items {
+        let Some(factory) = &item.cpu else {
+            skipped.push(Skipped {
+                case: item.name(),
+                why: "no CPU run (a GPU-only peer, or too large for the reference)".into(),
+            });
+            continue;
+        };
+        let mut run = factory(&mut kernels::rng::Rng::fresh());
         for _ in 0..warmup {
             run();
         }
@@ -202,8 +223,8 @@ fn cpu_bench(args: &BenchArgs, cases: &[Case], date: &str, why: String) -> Repor
                 start.elapsed().as_secs_f32() * 1e3
             })
             .collect();
-        let result = CaseResult::new(case, TimingStats::from_samples(&samples), None);
-        println!("  {:<40} {:>10.4} ms", result.case, result.hot.median_ms);
+        let result = CaseResult::new(item, TimingStats::from_samples(&samples), None);
+        println!("  {:<48} {:>10.4} ms", result.case, result.hot.median_ms);
         results.push(result);
     }
     Report {
@@ -226,6 +247,7 @@ fn cpu_bench(args: &BenchArgs, cases: &[Case], date: &str, why: String) -> Repor
             .map(|name| Ceiling::skipped(name, "-".into(), "no GPU in this run".into()))
             .collect(),
         cases: results,
+        skipped,
     }
 }
 
@@ -247,21 +269,25 @@ fn summary_tables(report: &Report) -> (Table, Table) {
     }
     let mut cases = Table::new(&[
         "case",
-        "hot median ms",
+        "hot ms",
         "hot GB/s",
-        "cold median ms",
+        "hot TFLOP/s",
+        "cold ms",
         "cold GB/s",
         "cold / copy",
+        "check",
     ]);
     for r in &report.cases {
         cases.row(vec![
             r.case.clone(),
             format!("{:.4}", r.hot.median_ms),
             format!("{:.1}", r.hot_gb_per_s),
+            format!("{:.2}", r.hot_tflop_per_s),
             fmt_opt(r.cold.as_ref().map(|t| t.median_ms), 4),
             fmt_opt(r.cold_gb_per_s, 1),
             r.cold_fraction_of_copy
                 .map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
+            r.check.clone().unwrap_or_default(),
         ]);
     }
     (ceilings, cases)
@@ -311,7 +337,7 @@ mod gpu_bench {
         NoGpu(String),
     }
 
-    pub(super) fn try_run(_: &BenchArgs, _: &[Case], _: &str) -> Result<Attempt, String> {
+    pub(super) fn try_run(_: &BenchArgs, _: &[BenchItem], _: &str) -> Result<Attempt, String> {
         Ok(Attempt::NoGpu(
             "harness built without --features cuda".into(),
         ))
@@ -330,7 +356,11 @@ mod gpu_bench {
         NoGpu(String),
     }
 
-    pub(super) fn try_run(args: &BenchArgs, cases: &[Case], date: &str) -> Result<Attempt, String> {
+    pub(super) fn try_run(
+        args: &BenchArgs,
+        cases: &[BenchItem],
+        date: &str,
+    ) -> Result<Attempt, String> {
         if args.cpu {
             return Ok(Attempt::NoGpu("--cpu was given".into()));
         }
@@ -344,7 +374,12 @@ mod gpu_bench {
         )))
     }
 
-    fn run_on(gpu: &Gpu, args: &BenchArgs, cases: &[Case], date: &str) -> kernels::Result<Report> {
+    fn run_on(
+        gpu: &Gpu,
+        args: &BenchArgs,
+        items: &[BenchItem],
+        date: &str,
+    ) -> kernels::Result<Report> {
         let reps = args
             .reps
             .unwrap_or(if args.quick { 30 } else { 100 })
@@ -361,28 +396,36 @@ mod gpu_bench {
         let mut flush_byte = 0u8;
 
         let mut results = Vec::new();
-        for case in cases {
-            let mut run = kernels::cases::gpu_runner(gpu, case, &mut rng)?;
-            let hot = gpu.time(warmup, reps, &mut run)?;
-            let cold = gpu.time_separated(
-                warmup.min(2),
+        let mut skipped = Vec::new();
+        for item in items {
+            // A failing item is recorded and the run goes on: one broken kernel or missing peer
+            // library must not cost the rest of a device session's measurements.
+            match time_item(
+                gpu,
+                item,
+                &mut rng,
+                warmup,
                 reps,
-                || {
-                    flush_byte = flush_byte.wrapping_add(1);
-                    gpu.fill_bytes(&mut flush, flush_byte)
-                },
-                &mut run,
-            )?;
-            drop(run);
-            gpu.synchronize()?;
-            let result = CaseResult::new(case, hot, Some(cold));
-            println!(
-                "  {:<40} hot {:>9.4} ms  cold {:>9.4} ms",
-                result.case,
-                result.hot.median_ms,
-                result.cold.as_ref().map_or(f64::NAN, |t| t.median_ms)
-            );
-            results.push(result);
+                &mut flush,
+                &mut flush_byte,
+            ) {
+                Ok(Ok(result)) => {
+                    println!(
+                        "  {:<56} hot {:>9.4} ms  cold {:>9.4} ms",
+                        result.case,
+                        result.hot.median_ms,
+                        result.cold.as_ref().map_or(f64::NAN, |t| t.median_ms)
+                    );
+                    results.push(result);
+                }
+                Ok(Err(why)) | Err(why) => {
+                    println!("  {:<56} skipped: {why}", item.name());
+                    skipped.push(Skipped {
+                        case: item.name(),
+                        why,
+                    });
+                }
+            }
         }
         drop(flush);
 
@@ -396,7 +439,7 @@ mod gpu_bench {
         };
         if let Some(copy) = ceilings
             .iter()
-            .find(|c| c.name == ceilings::COPY)
+            .find(|c| c.name == COPY)
             .and_then(|c| c.gb_per_s)
         {
             for r in &mut results {
@@ -436,6 +479,46 @@ mod gpu_bench {
             },
             ceilings,
             cases: results,
+            skipped,
         })
+    }
+
+    /// Hot and cold timings of one item; `Ok(Err(why))` when it cannot run on this device.
+    fn time_item(
+        gpu: &Gpu,
+        item: &BenchItem,
+        rng: &mut Rng,
+        warmup: usize,
+        reps: usize,
+        flush: &mut kernels::gpu::DeviceTensor<u32>,
+        flush_byte: &mut u8,
+    ) -> Result<Result<CaseResult, String>, String> {
+        let Some(factory) = &item.gpu else {
+            return Ok(Err("no GPU implementation".into()));
+        };
+        let run = match factory(gpu, rng).map_err(|e| e.to_string())? {
+            Ok(run) => run,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut launch = run.launch;
+        let hot = gpu
+            .time(warmup, reps, &mut launch)
+            .map_err(|e| e.to_string())?;
+        let cold = gpu
+            .time_separated(
+                warmup.min(2),
+                reps,
+                || {
+                    *flush_byte = flush_byte.wrapping_add(1);
+                    gpu.fill_bytes(flush, *flush_byte)
+                },
+                &mut launch,
+            )
+            .map_err(|e| e.to_string())?;
+        drop(launch);
+        gpu.synchronize().map_err(|e| e.to_string())?;
+        let mut result = CaseResult::new(item, hot, Some(cold));
+        result.check = run.check;
+        Ok(Ok(result))
     }
 }

@@ -6,6 +6,8 @@ mod bench;
 #[cfg(feature = "cuda")]
 mod ceilings;
 mod environment;
+mod items;
+mod peers;
 mod table;
 mod verify;
 

@@ -12,7 +12,9 @@ mod timing;
 mod tma;
 
 /// The enums `tensor_map_2d` takes, so crates without a direct cudarc dependency can call it.
-pub use cudarc::driver::sys::{CUtensorMapDataType, CUtensorMapSwizzle};
+pub use cudarc::driver::sys::{
+    CUevent_flags as CudaEventFlags, CUtensorMapDataType, CUtensorMapSwizzle,
+};
 pub use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 pub use device::{DeviceInfo, Gpu};
 pub use status::DeviceStatus;
