@@ -1,5 +1,6 @@
-//! `harness bench`: event-timed medians of every benchmark case, the two device ceilings measured
-//! in the same run, written as JSON (and a Markdown summary) under the directory given.
+//! `harness bench`: event-timed medians of every benchmark case and its peers, the two device
+//! ceilings measured in the same run, written under `--out` as results.json, REPORT.md and plots
+//! (see `report`).
 //!
 //! Each case is timed twice: `hot`, repetitions back to back (inputs mostly in L2, as activations
 //! are when the previous kernel just wrote them), and `cold`, with a buffer larger than L2
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 use kernels::stats::TimingStats;
 
-use crate::environment::{file_stamp, utc_now, BUILD_COMMIT};
+use crate::environment::{utc_now, BUILD_COMMIT};
 use crate::items::{all_items, BenchItem};
 use crate::table::Table;
 
@@ -20,9 +21,12 @@ pub struct BenchArgs {
     /// Directory for the report files (created if missing).
     #[arg(long)]
     pub out: PathBuf,
-    /// Decode-size and prefill-size cases only, fewer repetitions.
-    #[arg(long)]
+    /// Decode-size and prefill-size cases only, fewer repetitions (a smoke run).
+    #[arg(long, conflicts_with = "all")]
     pub quick: bool,
+    /// Every case of every crate (the default; spelled out for scripts).
+    #[arg(long)]
+    pub all: bool,
     /// Timed repetitions per case (default: 100 on a GPU, 5 on the CPU).
     #[arg(long)]
     pub reps: Option<usize>,
@@ -43,119 +47,7 @@ pub struct BenchArgs {
     pub device: usize,
 }
 
-/// Names of the two ceilings.
-pub const COPY: &str = "dtod_copy";
-pub const GEMM: &str = "cublas_bf16_gemm";
-
-/// One timed case.
-#[derive(Debug, serde::Serialize)]
-pub struct CaseResult {
-    pub suite: &'static str,
-    pub kernel: String,
-    /// "ours" or the peer's name.
-    pub implementation: &'static str,
-    pub case: String,
-    pub shape: String,
-    pub bytes: f64,
-    pub flops: f64,
-    pub hot: TimingStats,
-    pub cold: Option<TimingStats>,
-    pub hot_gb_per_s: f64,
-    pub cold_gb_per_s: Option<f64>,
-    pub hot_tflop_per_s: f64,
-    pub cold_tflop_per_s: Option<f64>,
-    /// cold GB/s over the measured copy ceiling.
-    pub cold_fraction_of_copy: Option<f64>,
-    /// Peers: how their output compared with our reference.
-    pub check: Option<String>,
-}
-
-impl CaseResult {
-    pub fn new(item: &BenchItem, hot: TimingStats, cold: Option<TimingStats>) -> Self {
-        let gbps = |t: &TimingStats| item.bytes / (t.median_ms * 1e-3) / 1e9;
-        let tflops = |t: &TimingStats| item.flops / (t.median_ms * 1e-3) / 1e12;
-        CaseResult {
-            suite: item.suite,
-            kernel: item.kernel.clone(),
-            implementation: item.implementation,
-            case: item.name(),
-            shape: item.shape.clone(),
-            bytes: item.bytes,
-            flops: item.flops,
-            hot_gb_per_s: gbps(&hot),
-            cold_gb_per_s: cold.as_ref().map(gbps),
-            hot_tflop_per_s: tflops(&hot),
-            cold_tflop_per_s: cold.as_ref().map(tflops),
-            cold_fraction_of_copy: None,
-            check: None,
-            hot,
-            cold,
-        }
-    }
-}
-
-/// A case that did not run, and why.
-#[derive(Debug, serde::Serialize)]
-pub struct Skipped {
-    pub case: String,
-    pub why: String,
-}
-
-/// A measured ceiling (or why it was not measured).
-#[derive(Debug, serde::Serialize)]
-pub struct Ceiling {
-    pub name: &'static str,
-    pub shape: String,
-    pub timing: Option<TimingStats>,
-    pub bytes: f64,
-    pub flops: f64,
-    pub gb_per_s: Option<f64>,
-    pub tflop_per_s: Option<f64>,
-    /// What was checked about the result (the copy's bytes, sampled GEMM entries).
-    pub check: Option<String>,
-    pub skipped: Option<String>,
-}
-
-impl Ceiling {
-    pub fn skipped(name: &'static str, shape: String, why: String) -> Self {
-        Ceiling {
-            name,
-            shape,
-            timing: None,
-            bytes: 0.0,
-            flops: 0.0,
-            gb_per_s: None,
-            tflop_per_s: None,
-            check: None,
-            skipped: Some(why),
-        }
-    }
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Method {
-    warmup: usize,
-    reps: usize,
-    timing: &'static str,
-    l2_flush_bytes: Option<usize>,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Report {
-    tool: &'static str,
-    schema_version: u32,
-    date_utc: String,
-    commit: &'static str,
-    backend: &'static str,
-    /// Why the CPU backend ran, when it did.
-    backend_note: Option<String>,
-    host_cpus: usize,
-    device: Option<serde_json::Value>,
-    method: Method,
-    ceilings: Vec<Ceiling>,
-    cases: Vec<CaseResult>,
-    skipped: Vec<Skipped>,
-}
+pub use crate::results::{CaseResult, Ceiling, Method, Report, Skipped, COPY, GEMM};
 
 pub fn run(args: &BenchArgs) -> ExitCode {
     match run_inner(args) {
@@ -196,7 +88,7 @@ fn run_inner(args: &BenchArgs) -> Result<(), String> {
             cpu_bench(args, &cases, &date, why)
         }
     };
-    write_report(&args.out, &report)
+    write_report(&args.out, report)
 }
 
 fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> Report {
@@ -228,18 +120,19 @@ fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> 
         results.push(result);
     }
     Report {
-        tool: "harness bench",
+        tool: "harness bench".into(),
         schema_version: 1,
         date_utc: date.to_string(),
-        commit: BUILD_COMMIT,
-        backend: "cpu",
+        commit: BUILD_COMMIT.into(),
+        backend: "cpu".into(),
         backend_note: Some(why),
         host_cpus: crate::environment::host_cpus(),
         device: None,
         method: Method {
             warmup,
             reps,
-            timing: "host clock (std::time::Instant) around each repetition of the Rust reference",
+            timing: "host clock (std::time::Instant) around each repetition of the Rust reference"
+                .into(),
             l2_flush_bytes: None,
         },
         ceilings: [COPY, GEMM]
@@ -255,75 +148,44 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-fn summary_tables(report: &Report) -> (Table, Table) {
-    let mut ceilings = Table::new(&["ceiling", "shape", "median ms", "GB/s", "TFLOP/s", "note"]);
-    for c in &report.ceilings {
-        ceilings.row(vec![
-            c.name.to_string(),
-            c.shape.clone(),
-            fmt_opt(c.timing.as_ref().map(|t| t.median_ms), 4),
-            fmt_opt(c.gb_per_s, 1),
-            fmt_opt(c.tflop_per_s, 1),
-            c.skipped.clone().or(c.check.clone()).unwrap_or_default(),
-        ]);
-    }
+/// The short table printed at the end of a run (the reply of a device command shows its tail).
+fn summary_table(report: &Report) -> Table {
     let mut cases = Table::new(&[
-        "case",
-        "hot ms",
-        "hot GB/s",
-        "hot TFLOP/s",
-        "cold ms",
-        "cold GB/s",
-        "cold / copy",
-        "check",
+        "case", "hot ms", "cold ms", "GB/s", "TFLOP/s", "of floor", "check",
     ]);
     for r in &report.cases {
         cases.row(vec![
             r.case.clone(),
             format!("{:.4}", r.hot.median_ms),
-            format!("{:.1}", r.hot_gb_per_s),
-            format!("{:.2}", r.hot_tflop_per_s),
             fmt_opt(r.cold.as_ref().map(|t| t.median_ms), 4),
-            fmt_opt(r.cold_gb_per_s, 1),
-            r.cold_fraction_of_copy
-                .map_or("-".into(), |f| format!("{:.1}%", f * 100.0)),
+            fmt_opt(r.cold_gb_per_s.or(Some(r.hot_gb_per_s)), 1),
+            format!("{:.2}", r.hot_tflop_per_s),
+            r.fraction_of_floor
+                .map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
             r.check.clone().unwrap_or_default(),
         ]);
     }
-    (ceilings, cases)
+    cases
 }
 
-fn write_report(dir: &Path, report: &Report) -> Result<(), String> {
-    let stem = format!("bench-{}-{}", report.backend, file_stamp(&report.date_utc));
-    let json_path = dir.join(format!("{stem}.json"));
-    crate::write_json(&json_path, report)?;
-    let (ceilings, cases) = summary_tables(report);
-    let device = report
-        .device
-        .as_ref()
-        .and_then(|d| d.get("name"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("CPU (Rust references)");
-    let md = format!(
-        "# harness bench: {device}\n\ncommit `{}`, {}, backend {}, {} reps after {} warm-up; \
-         medians of per-repetition timings. Full data: `{stem}.json`.\n\n## Ceilings\n\n{}\n\
-         ## Cases\n\n{}",
-        report.commit,
-        report.date_utc,
-        report.backend,
-        report.method.reps,
-        report.method.warmup,
-        ceilings.markdown(),
-        cases.markdown()
-    );
-    let md_path = dir.join(format!("{stem}.md"));
-    std::fs::write(&md_path, md).map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
-    if !report.ceilings.is_empty() {
-        ceilings.print();
-        println!();
+fn write_report(dir: &Path, mut report: Report) -> Result<(), String> {
+    let files = crate::report::write_all(dir, &mut report)?;
+    for c in &report.ceilings {
+        println!(
+            "ceiling {}: {}",
+            c.name,
+            c.skipped.clone().unwrap_or_else(|| format!(
+                "{} GB/s {} TFLOP/s ({})",
+                fmt_opt(c.gb_per_s, 1),
+                fmt_opt(c.tflop_per_s, 1),
+                c.check.clone().unwrap_or_default()
+            ))
+        );
     }
-    cases.print();
-    println!("wrote {} and {}", json_path.display(), md_path.display());
+    summary_table(&report).print();
+    for f in files {
+        println!("wrote {}", f.display());
+    }
     Ok(())
 }
 
@@ -462,11 +324,11 @@ mod gpu_bench {
             obj.insert("nvidia_smi_at_end".into(), smi(smi_end));
         }
         Ok(Report {
-            tool: "harness bench",
+            tool: "harness bench".into(),
             schema_version: 1,
             date_utc: date.to_string(),
-            commit: BUILD_COMMIT,
-            backend: "cuda",
+            commit: BUILD_COMMIT.into(),
+            backend: "cuda".into(),
             backend_note: None,
             host_cpus: crate::environment::host_cpus(),
             device: Some(device),
@@ -474,7 +336,8 @@ mod gpu_bench {
                 warmup,
                 reps,
                 timing: "CUDA events on the launch stream around each repetition; hot: \
-                         back to back; cold: L2 overwritten before each repetition, untimed",
+                         back to back; cold: L2 overwritten before each repetition, untimed"
+                    .into(),
                 l2_flush_bytes: Some(flush_bytes),
             },
             ceilings,

@@ -35,7 +35,7 @@ pub fn copy_bandwidth(gpu: &Gpu, rng: &mut Rng, warmup: usize, reps: usize) -> R
     let mismatches = copied.iter().zip(&data).filter(|(a, b)| a != b).count();
     let bytes = 2.0 * COPY_BYTES as f64;
     Ok(Ceiling {
-        name: COPY,
+        name: COPY.into(),
         shape: format!("{} MiB", COPY_BYTES >> 20),
         gb_per_s: Some(bytes / (timing.median_ms * 1e-3) / 1e9),
         tflop_per_s: None,
@@ -148,7 +148,7 @@ pub fn cublas_bf16_gemm(gpu: &Gpu, rng: &mut Rng, warmup: usize, reps: usize) ->
     let rel = gemm.sampled_error(gpu, rng)?;
     let flops = 2.0 * (m * n * k) as f64;
     Ok(Ceiling {
-        name: GEMM,
+        name: GEMM.into(),
         shape,
         gb_per_s: None,
         tflop_per_s: Some(flops / (timing.median_ms * 1e-3) / 1e12),

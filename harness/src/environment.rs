@@ -30,14 +30,6 @@ pub fn utc_now() -> String {
     )
 }
 
-/// `utc_now` in a form usable in file names: `YYYYMMDD-HHMMSS`.
-pub fn file_stamp(utc: &str) -> String {
-    utc.chars()
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .map(|c| if c == 'T' { '-' } else { c })
-        .collect()
-}
-
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 /// The `nvidia-smi` fields a benchmark report records, read at one moment.
 pub const SMI_FIELDS: [&str; 7] = [
@@ -93,6 +85,5 @@ mod tests {
         assert_eq!(s.len(), 20, "{s}");
         assert!(s.starts_with("20"), "{s}");
         assert_eq!(&s[10..11], "T");
-        assert_eq!(file_stamp(&s).len(), 15);
     }
 }

@@ -2,12 +2,16 @@
 //! benchmarks them with the device ceilings measured in the same run (`bench`). This one binary is
 //! built here with `--features cuda --release` and carried to the GPU machine.
 
+mod anchors;
 mod bench;
 #[cfg(feature = "cuda")]
 mod ceilings;
 mod environment;
 mod items;
 mod peers;
+mod plots;
+mod report;
+mod results;
 mod table;
 mod verify;
 
@@ -29,6 +33,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Time every benchmark case and the device ceilings; write JSON + Markdown under --out.
     Bench(bench::BenchArgs),
+    /// Redraw REPORT.md and the plots of a bench directory from its results.json.
+    Report(report::ReportArgs),
     /// Print what this build contains and which device it would use.
     Info,
 }
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Report(args) => report::run(&args),
         Command::Info => info(),
     }
 }

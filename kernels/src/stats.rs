@@ -1,7 +1,7 @@
 //! Summary of repeated timings (GPU events or host clock): median, min, max.
 
 /// Per-repetition times in milliseconds and their summary.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TimingStats {
     pub median_ms: f64,
     pub min_ms: f64,
