@@ -3,5 +3,22 @@
 //!
 //! The contract is `shared/spec/deepseek-v3.md`; `reference` is the spec in plain Rust and every
 //! kernel of this crate is tested against it.
+//!
+//! Loading layer:
+//! - [`config`]: `config.json` (DeepSeek-V3 and V2, both RoPE spellings), validation with errors
+//!   naming the key, derived sizes and parameter counts.
+//! - [`checkpoint`]: the tensors a config calls for, and [`Checkpoint`], the memory-mapped,
+//!   fully validated checkpoint with typed views (BF16, F32, FP8 weights with block scales).
+//! - [`tiny`]: the built-in tiny model, generated deterministically and written as a normal
+//!   checkpoint directory.
+//! - [`error`]: [`ModelError`], whose messages name the file, tensor or key at fault.
 
+pub mod checkpoint;
+pub mod config;
+pub mod error;
 pub mod reference;
+pub mod tiny;
+
+pub use checkpoint::{Checkpoint, Fp8Policy, Fp8Weight, LinearWeight, TensorSpec};
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};

@@ -1,0 +1,204 @@
+//! The error type of the model crate. Every bad input (a config key, a file, a tensor) becomes one
+//! of these, and its message names what is wrong: the key, the file or the tensor.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum ModelError {
+    /// A `config.json` key is missing where it has no default, has the wrong type, or holds a
+    /// contradictory or unsupported value. `key` is the JSON path (`rope_scaling.factor`).
+    Config { key: String, detail: String },
+    /// Reading or mapping a file failed.
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A safetensors file is structurally invalid (header length, JSON, offsets out of range or
+    /// overlapping, a file not covered exactly by its tensors).
+    Safetensors { file: PathBuf, detail: String },
+    /// `model.safetensors.index.json` is invalid or disagrees with its shards.
+    Index { file: PathBuf, detail: String },
+    /// A tensor the config requires is in no file.
+    MissingTensor { name: String },
+    /// A file holds a tensor the config does not call for.
+    UnexpectedTensor { name: String, file: PathBuf },
+    /// The same tensor is stored in two files.
+    DuplicateTensor {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    /// A tensor's shape differs from the one the config implies.
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor's element type differs from the expected one (safetensors spelling: `BF16`,
+    /// `F8_E4M3`, `F32`).
+    TensorDtype {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    /// A NaN or infinity at flat element `index` of a tensor (e4m3 codes 0x7f / 0xff are NaN).
+    NonFinite { name: String, index: usize },
+    /// An error from the kernels crate (its message names the op and argument).
+    Kernel(kernels::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    pub fn config(key: impl Into<String>, detail: impl Into<String>) -> Self {
+        ModelError::Config {
+            key: key.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn safetensors(file: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        ModelError::Safetensors {
+            file: file.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn index(file: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        ModelError::Index {
+            file: file.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The config key this error is about, if it is a config error.
+    pub fn config_key(&self) -> Option<&str> {
+        match self {
+            ModelError::Config { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The tensor this error is about, if any.
+    pub fn tensor_name(&self) -> Option<&str> {
+        match self {
+            ModelError::MissingTensor { name }
+            | ModelError::UnexpectedTensor { name, .. }
+            | ModelError::DuplicateTensor { name, .. }
+            | ModelError::TensorShape { name, .. }
+            | ModelError::TensorDtype { name, .. }
+            | ModelError::NonFinite { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+fn shape_str(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Config { key, detail } => write!(f, "config key `{key}`: {detail}"),
+            ModelError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ModelError::Safetensors { file, detail } => {
+                write!(f, "{}: invalid safetensors file: {detail}", file.display())
+            }
+            ModelError::Index { file, detail } => write!(f, "{}: {detail}", file.display()),
+            ModelError::MissingTensor { name } => {
+                write!(f, "tensor `{name}` is required by the config but missing")
+            }
+            ModelError::UnexpectedTensor { name, file } => write!(
+                f,
+                "{}: unexpected tensor `{name}` (the config does not call for it)",
+                file.display()
+            ),
+            ModelError::DuplicateTensor {
+                name,
+                first,
+                second,
+            } => write!(
+                f,
+                "tensor `{name}` is stored twice: in {} and in {}",
+                first.display(),
+                second.display()
+            ),
+            ModelError::TensorShape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor `{name}` has shape {}, expected {}",
+                shape_str(found),
+                shape_str(expected)
+            ),
+            ModelError::TensorDtype {
+                name,
+                expected,
+                found,
+            } => write!(f, "tensor `{name}` has dtype {found}, expected {expected}"),
+            ModelError::NonFinite { name, index } => {
+                write!(
+                    f,
+                    "tensor `{name}` has a NaN or infinity at element {index}"
+                )
+            }
+            ModelError::Kernel(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelError::Io { source, .. } => Some(source),
+            ModelError::Kernel(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<kernels::Error> for ModelError {
+    fn from(e: kernels::Error) -> Self {
+        ModelError::Kernel(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_subject() {
+        let e = ModelError::config("rope_scaling.factor", "must be >= 1, got 0.5");
+        assert_eq!(e.config_key(), Some("rope_scaling.factor"));
+        assert!(e.to_string().contains("rope_scaling.factor"));
+        let e = ModelError::TensorShape {
+            name: "lm_head.weight".into(),
+            expected: vec![512, 256],
+            found: vec![256, 512],
+        };
+        assert_eq!(
+            e.to_string(),
+            "tensor `lm_head.weight` has shape [256, 512], expected [512, 256]"
+        );
+        let e = ModelError::UnexpectedTensor {
+            name: "x".into(),
+            file: PathBuf::from("/d/model.safetensors"),
+        };
+        assert!(e.to_string().contains("/d/model.safetensors"));
+        let e: ModelError = kernels::Error::invalid("rope", "bad").into();
+        assert!(e.to_string().contains("rope"));
+    }
+}
