@@ -70,6 +70,21 @@ pub fn all_items(quick: bool) -> Vec<BenchItem> {
             items.extend(gpu_items::fp8_gemm_peers(case));
         }
     }
+    for case in moe_dispatch::cases::moe_cases(quick) {
+        items.push(BenchItem {
+            suite: "moe-dispatch",
+            kernel: case.kernel().to_string(),
+            implementation: "ours",
+            shape: case.shape(),
+            bytes: case.bytes(),
+            flops: case.flops(),
+            cpu: Some(Box::new(move |rng| {
+                moe_dispatch::cases::cpu_runner(&case, rng)
+            })),
+            #[cfg(feature = "cuda")]
+            gpu: Some(gpu_items::moe(case)),
+        });
+    }
     items
 }
 
@@ -108,6 +123,15 @@ pub mod gpu_items {
         Box::new(move |gpu, rng| {
             Ok(Ok(GpuRun {
                 launch: fp8_gemm::cases::gpu_runner(gpu, &case, rng)?,
+                check: None,
+            }))
+        })
+    }
+
+    pub fn moe(case: moe_dispatch::cases::MoeCase) -> GpuFactory {
+        Box::new(move |gpu, rng| {
+            Ok(Ok(GpuRun {
+                launch: moe_dispatch::cases::gpu_runner(gpu, &case, rng)?,
                 check: None,
             }))
         })

@@ -87,6 +87,7 @@ mod gpu_run {
         vec![
             ("kernels", kernels::checks::all_checks),
             ("fp8-gemm", fp8_gemm::checks::all_checks),
+            ("moe-dispatch", moe_dispatch::checks::all_checks),
         ]
     }
 

@@ -34,7 +34,6 @@ fn cpu_benches(c: &mut Criterion) {
 
 #[cfg(feature = "cuda")]
 fn gpu_benches(c: &mut Criterion, gpu: &kernels::gpu::Gpu) {
-    use cudarc::driver::sys::CUevent_flags;
     let mut group = c.benchmark_group("gpu");
     group
         .sample_size(30)
@@ -45,22 +44,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &kernels::gpu::Gpu) {
             kernels::cases::gpu_runner(gpu, &case, &mut Rng::fresh()).expect("case setup");
         group.throughput(Throughput::Bytes(case.bytes() as u64));
         group.bench_function(case.name(), |b| {
-            b.iter_custom(|iters| {
-                let ctx = gpu.context();
-                let start = ctx
-                    .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                    .expect("event");
-                let end = ctx
-                    .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                    .expect("event");
-                start.record(gpu.stream()).expect("record");
-                for _ in 0..iters {
-                    run().expect("launch");
-                }
-                end.record(gpu.stream()).expect("record");
-                let ms = start.elapsed_ms(&end).expect("elapsed");
-                Duration::from_secs_f64(f64::from(ms) / 1e3)
-            })
+            b.iter_custom(|iters| gpu.time_iters(iters, &mut run).expect("timed launches"))
         });
     }
     group.finish();

@@ -15,6 +15,9 @@ enum StatusCode : int {
   kStatusPositionOutOfRange = 2,  // a RoPE position outside the precomputed cos/sin table
   kStatusGroupOutOfRange = 3,     // a grouped GEMM's group index (m_indices) or masked row count
                                   // (masked_m) outside its valid range; that tile / group skipped
+  kStatusExpertIdOutOfRange = 4,  // an expert id outside [0, E) given to expert_counts; not counted
+  kStatusDispatchOutOfRange = 5,  // MoE dispatch: an expert id outside [0, E) (or a slot outside
+                                  // the dispatched rows, or a masked expert over m_max); pair dropped
 };
 
 // Records the first non-zero code (later ones are dropped so the message names the first fault).

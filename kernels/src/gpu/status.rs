@@ -51,6 +51,17 @@ impl DeviceStatus {
                 "a grouped GEMM's group index (m_indices) or masked row count (masked_m) was out \
                  of range; the affected tiles were skipped (detected on the device)",
             ),
+            4 => Error::index(
+                op,
+                "an expert id was outside 0..num_experts; it was not counted (detected on the \
+                 device)",
+            ),
+            5 => Error::index(
+                op,
+                "expert id out of range in dispatch (or a slot outside the dispatched rows, or an \
+                 expert over the masked layout's m_max); those pairs were dropped (detected on the \
+                 device)",
+            ),
             other => Error::Cuda {
                 context: op.into(),
                 detail: format!("kernel reported status {other}"),

@@ -78,4 +78,31 @@ impl Gpu {
             .map_err(cuda_err("reading event times (a kernel may have faulted)"))?;
         Ok(TimingStats::from_samples(&samples))
     }
+
+    /// Total device time of `iters` back-to-back calls of `f`, between two events: what a
+    /// criterion `iter_custom` closure returns for GPU work.
+    pub fn time_iters(
+        &self,
+        iters: u64,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<std::time::Duration> {
+        let new_event = || {
+            self.context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err("creating timing events"))
+        };
+        let (start, end) = (new_event()?, new_event()?);
+        start
+            .record(self.stream())
+            .map_err(cuda_err("recording an event"))?;
+        for _ in 0..iters {
+            f()?;
+        }
+        end.record(self.stream())
+            .map_err(cuda_err("recording an event"))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(cuda_err("reading event times (a kernel may have faulted)"))?;
+        Ok(std::time::Duration::from_secs_f64(f64::from(ms) / 1e3))
+    }
 }

@@ -1,0 +1,4 @@
+//! Launch wrappers of `cuda/*.cu`.
+
+pub mod permute;
+pub mod routing;
