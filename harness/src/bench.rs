@@ -96,11 +96,15 @@ fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> 
     let warmup = args.warmup.min(2);
     let mut results = Vec::new();
     let mut skipped = Vec::new();
-    for item in items {
+    let total = items.len();
+    for (i, item) in items.iter().enumerate() {
+        let progress = format!("[{}/{total}]", i + 1);
         let Some(factory) = &item.cpu else {
+            let why = "no CPU run (a GPU-only peer, or too large for the reference)";
+            println!("{progress:>9} {:<48} skipped: {why}", item.name());
             skipped.push(Skipped {
                 case: item.name(),
-                why: "no CPU run (a GPU-only peer, or too large for the reference)".into(),
+                why: why.into(),
             });
             continue;
         };
@@ -116,7 +120,10 @@ fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> 
             })
             .collect();
         let result = CaseResult::new(item, TimingStats::from_samples(&samples), None);
-        println!("  {:<48} {:>10.4} ms", result.case, result.hot.median_ms);
+        println!(
+            "{progress:>9} {:<48} {:>10.4} ms",
+            result.case, result.hot.median_ms
+        );
         results.push(result);
     }
     Report {
@@ -259,7 +266,9 @@ mod gpu_bench {
 
         let mut results = Vec::new();
         let mut skipped = Vec::new();
-        for item in items {
+        let total = items.len();
+        for (i, item) in items.iter().enumerate() {
+            let progress = format!("[{}/{total}]", i + 1);
             // A failing item is recorded and the run goes on: one broken kernel or missing peer
             // library must not cost the rest of a device session's measurements.
             match time_item(
@@ -273,7 +282,7 @@ mod gpu_bench {
             ) {
                 Ok(Ok(result)) => {
                     println!(
-                        "  {:<56} hot {:>9.4} ms  cold {:>9.4} ms",
+                        "{progress:>9} {:<56} hot {:>9.4} ms  cold {:>9.4} ms",
                         result.case,
                         result.hot.median_ms,
                         result.cold.as_ref().map_or(f64::NAN, |t| t.median_ms)
@@ -281,7 +290,7 @@ mod gpu_bench {
                     results.push(result);
                 }
                 Ok(Err(why)) | Err(why) => {
-                    println!("  {:<56} skipped: {why}", item.name());
+                    println!("{progress:>9} {:<56} skipped: {why}", item.name());
                     skipped.push(Skipped {
                         case: item.name(),
                         why,
