@@ -18,6 +18,7 @@ use kernels::reference::fp8_quant::Fp8Activations;
 use kernels::rng::Rng;
 use kernels::{E4m3, Error, Result};
 
+use crate::cases::DENSE_NK;
 use crate::gpu;
 use crate::inputs::{activations, weights, Draw};
 use crate::layout::{K_BLOCK, W_BLOCK};
@@ -386,16 +387,6 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     .require(failures == 0, problems.join("; ")))
 }
 
-/// The DeepSeek-V3 (N, K) pairs of spec §5 / the benchmark list.
-pub const V3_SHAPES: [(usize, usize); 6] = [
-    (2112, 7168),
-    (24576, 1536),
-    (32768, 512),
-    (7168, 16384),
-    (4096, 7168),
-    (7168, 2048),
-];
-
 /// Every FP8 GEMM case `harness verify` runs; `quick` keeps the tails and a few V3 shapes.
 pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     let mut rng = Rng::fresh();
@@ -413,7 +404,7 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         out.push(check_gemm_nt(gpu, rng, (m, n, k), true, Draw::Codes));
     }
     let ms: &[usize] = if quick { &[64] } else { &[1, 64, 128, 4096] };
-    let shapes: &[(usize, usize)] = if quick { &V3_SHAPES[..2] } else { &V3_SHAPES };
+    let shapes: &[(usize, usize)] = if quick { &DENSE_NK[..2] } else { &DENSE_NK };
     for &m in ms {
         for &(n, k) in shapes {
             out.push(check_gemm_nt(gpu, rng, (m, n, k), false, Draw::Quantized));
