@@ -308,15 +308,6 @@ mod gpu_bench {
                 ceilings::cublas_bf16_gemm(gpu, &mut rng, warmup, reps.min(50))?,
             ]
         };
-        if let Some(copy) = ceilings
-            .iter()
-            .find(|c| c.name == COPY)
-            .and_then(|c| c.gb_per_s)
-        {
-            for r in &mut results {
-                r.cold_fraction_of_copy = r.cold_gb_per_s.map(|g| g / copy);
-            }
-        }
         let smi_end = crate::environment::nvidia_smi(info.ordinal);
         let smi = |v: Option<Vec<(String, String)>>| {
             v.map_or(serde_json::Value::Null, |kv| {

@@ -170,15 +170,7 @@ pub fn contiguous_layout(
     for (e, &c) in counts.iter().enumerate() {
         m_indices[offsets[e]..offsets[e] + c].fill(e as i32);
     }
-    let mut next = offsets[..num_experts].to_vec();
-    let slot = topk_ids
-        .iter()
-        .map(|&id| {
-            let r = next[id as usize];
-            next[id as usize] += 1;
-            r
-        })
-        .collect();
+    let slot = assign_slots(topk_ids, offsets[..num_experts].to_vec());
     Ok(ContiguousLayout {
         num_experts,
         align,
@@ -188,6 +180,19 @@ pub fn contiguous_layout(
         m_indices,
         slot,
     })
+}
+
+/// Each pair's destination row: expert e's pairs take rows `first[e]`, `first[e] + 1`, ... in
+/// (t, k) order. The ids were range-checked by `expert_counts`.
+fn assign_slots(topk_ids: &[i32], mut first: Vec<usize>) -> Vec<usize> {
+    topk_ids
+        .iter()
+        .map(|&id| {
+            let r = first[id as usize];
+            first[id as usize] += 1;
+            r
+        })
+        .collect()
 }
 
 /// The masked layout `[num_experts, m_max]` of `topk_ids` (`[T, top_k]`).
@@ -205,15 +210,7 @@ pub fn masked_layout(
             format!("expert {e} has {c} rows, more than m_max = {m_max}"),
         ));
     }
-    let mut next: Vec<usize> = (0..num_experts).map(|e| e * m_max).collect();
-    let slot = topk_ids
-        .iter()
-        .map(|&id| {
-            let r = next[id as usize];
-            next[id as usize] += 1;
-            r
-        })
-        .collect();
+    let slot = assign_slots(topk_ids, (0..num_experts).map(|e| e * m_max).collect());
     Ok(MaskedLayout {
         num_experts,
         m_max,
