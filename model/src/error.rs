@@ -19,6 +19,10 @@ pub enum ModelError {
     Safetensors { file: PathBuf, detail: String },
     /// `model.safetensors.index.json` is invalid or disagrees with its shards.
     Index { file: PathBuf, detail: String },
+    /// `tokenizer.json` or `tokenizer_config.json` is missing, unreadable or malformed, or
+    /// names a special token the vocabulary lacks; also an encode/decode failure inside the
+    /// tokenizer (then `file` is the `tokenizer.json` it was loaded from).
+    Tokenizer { file: PathBuf, detail: String },
     /// A tensor the config requires is in no file.
     MissingTensor { name: String },
     /// A file holds a tensor the config does not call for.
@@ -46,6 +50,15 @@ pub enum ModelError {
     NonFinite { name: String, index: usize },
     /// An error from the kernels crate (its message names the op and argument).
     Kernel(kernels::Error),
+    /// A generation or forward request the model cannot serve: an id outside the vocabulary, a
+    /// prompt longer than the model's limit, an empty prompt, bad sampling settings.
+    Request { detail: String },
+    /// The paged KV cache has no free block for a sequence that needs one.
+    KvCacheExhausted {
+        needed_blocks: usize,
+        free_blocks: usize,
+        total_blocks: usize,
+    },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -54,6 +67,12 @@ impl ModelError {
     pub fn config(key: impl Into<String>, detail: impl Into<String>) -> Self {
         ModelError::Config {
             key: key.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn request(detail: impl Into<String>) -> Self {
+        ModelError::Request {
             detail: detail.into(),
         }
     }
@@ -74,6 +93,13 @@ impl ModelError {
 
     pub fn index(file: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
         ModelError::Index {
+            file: file.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn tokenizer(file: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        ModelError::Tokenizer {
             file: file.into(),
             detail: detail.into(),
         }
@@ -115,6 +141,9 @@ impl fmt::Display for ModelError {
                 write!(f, "{}: invalid safetensors file: {detail}", file.display())
             }
             ModelError::Index { file, detail } => write!(f, "{}: {detail}", file.display()),
+            ModelError::Tokenizer { file, detail } => {
+                write!(f, "{}: tokenizer: {detail}", file.display())
+            }
             ModelError::MissingTensor { name } => {
                 write!(f, "tensor `{name}` is required by the config but missing")
             }
@@ -155,6 +184,16 @@ impl fmt::Display for ModelError {
                 )
             }
             ModelError::Kernel(e) => write!(f, "{e}"),
+            ModelError::Request { detail } => write!(f, "bad request: {detail}"),
+            ModelError::KvCacheExhausted {
+                needed_blocks,
+                free_blocks,
+                total_blocks,
+            } => write!(
+                f,
+                "KV cache exhausted: {needed_blocks} more block(s) of 64 tokens needed, \
+                 {free_blocks} of {total_blocks} free (raise --kv-blocks or shorten the request)"
+            ),
         }
     }
 }

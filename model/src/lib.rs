@@ -14,10 +14,14 @@
 //! - [`error`]: [`ModelError`], whose messages name the file, tensor or key at fault.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod reference;
 pub mod tiny;
+pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, Fp8Policy, Fp8Weight, LinearWeight, TensorSpec};
 pub use config::ModelConfig;

@@ -1,0 +1,154 @@
+//! The `dsv3` command line: generate, chat, logits, perplexity, info, bench, make-tiny.
+//!
+//! Every command runs on a real checkpoint directory (`--model DIR`) or, without `--model`, on
+//! the built-in tiny model, so each works on a fresh machine with no download.
+
+pub mod commands;
+pub mod load;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cpu::Precision;
+use load::BackendChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dsv3",
+    version,
+    about = "DeepSeek-V3 inference from Hugging Face checkpoints (CPU reference backend)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command that runs the model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json). Without it: the
+    /// built-in tiny model with random weights.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// exact: f32 weights and activations (the oracle); fp8: FP8 weights and activations as the
+    /// GPU computes.
+    #[arg(long, default_value = "exact")]
+    pub precision: Precision,
+    /// KV cache size in blocks of 64 tokens (default: what the request needs).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Options of sampling.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a continuation of a prompt (text or token ids), streaming the text.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Prompt text (encoded with BOS).
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        prompt: Option<String>,
+        /// Prompt token ids, comma separated.
+        #[arg(long)]
+        ids: Option<String>,
+        /// Print one JSON object {"ids", "text", "tokens_per_s", ...} instead of streaming.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Chat with the DeepSeek-V3 chat template, one line per user turn, streaming replies.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Print {"logits": [[f32; vocab] for every position]} for the given ids.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        ids: String,
+    },
+    /// Perplexity of a text file, in windows of --context tokens.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Window length (default: min(1024, max_position_embeddings)).
+        #[arg(long)]
+        context: Option<usize>,
+    },
+    /// Config summary, parameter counts and KV bytes per token (reads config.json only).
+    Info {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill and decode tokens/s.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt length of the prefill measurement.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Sequences decoded together.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Decode steps measured.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// `full-width`: random FP8 weights at DeepSeek-V3's real dimensions (GPU only).
+        #[arg(long)]
+        synthetic: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the built-in tiny model as a checkpoint directory.
+    MakeTiny {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = crate::tiny::TINY_SEED)]
+        seed: u64,
+    },
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The decoder layer forward pass of spec §3 on the CPU: MLA in the absorbed form over a paged
+//! cache of `[c_kv ; k_pe]` entries, then the dense MLP or the MoE.
+
+use kernels::reference::{apply_rope, rms_norm, RopeLayout, RopeParams};
+use mla_attention::reference::{absorb_output, absorb_query, MlaDims};
+use mla_attention::BLOCK_SIZE;
+use moe_dispatch::reference::routing::route;
+use rayon::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+
+use super::linear::round_bf16;
+use super::weights::{Attention, DecoderLayer, Ffn, Mlp, Moe, QueryProj};
+use super::Precision;
+
+/// New tokens of one sequence in a forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    /// The new tokens.
+    pub ids: &'a [u32],
+    /// Position of the first new token (the tokens already in the cache).
+    pub start: usize,
+    /// The sequence's cache blocks, enough for `start + ids.len()` tokens.
+    pub blocks: &'a [u32],
+}
+
+/// What every layer of a call shares.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub cfg: &'a ModelConfig,
+    pub rope: &'a RopeParams,
+    pub softmax_scale: f32,
+    pub precision: Precision,
+    /// Positions must stay below this (the RoPE table length, `max_position_embeddings`).
+    pub max_positions: usize,
+}
+
+impl Context<'_> {
+    /// Values the GPU stores in BF16 (norm outputs, the residual stream, cache entries) are
+    /// rounded to BF16 in `fp8` precision so the CPU `fp8` path sees what the GPU sees; `exact`
+    /// keeps f32 throughout.
+    pub fn store(&self, v: &mut [f32]) {
+        if self.precision == Precision::Fp8 {
+            v.iter_mut().for_each(|x| *x = round_bf16(*x));
+        }
+    }
+
+    pub fn norm(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        let mut y = rms_norm(x, w, w.len(), self.cfg.rms_norm_eps as f32)?;
+        self.store(&mut y);
+        Ok(y)
+    }
+
+    fn dims(&self) -> MlaDims {
+        MlaDims {
+            heads: self.cfg.num_attention_heads,
+            kv_lora_rank: self.cfg.kv_lora_rank,
+            qk_nope_head_dim: self.cfg.qk_nope_head_dim,
+            qk_rope_head_dim: self.cfg.qk_rope_head_dim,
+            v_head_dim: self.cfg.v_head_dim,
+        }
+    }
+}
+
+/// Positions of every new token of `seqs`, in order.
+pub fn positions(seqs: &[SeqChunk]) -> Vec<i32> {
+    seqs.iter()
+        .flat_map(|s| (s.start..s.start + s.ids.len()).map(|p| p as i32))
+        .collect()
+}
+
+/// Cache entry index of position `p` of a sequence with blocks `blocks`.
+fn entry_index(blocks: &[u32], p: usize) -> usize {
+    blocks[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE
+}
+
+impl DecoderLayer {
+    /// Runs the layer on the residual stream `x` ([tokens, hidden]) in place, appending the new
+    /// tokens' entries to `cache` (this layer's `[num_blocks * 64, d_c + d_rope]`).
+    pub fn forward(
+        &self,
+        ctx: &Context,
+        x: &mut [f32],
+        seqs: &[SeqChunk],
+        cache: &mut [f32],
+    ) -> Result<()> {
+        let h = ctx.norm(x, &self.input_norm)?;
+        let attn = self.attention.forward(ctx, &h, seqs, cache)?;
+        add_residual(ctx, x, &attn);
+        let h = ctx.norm(x, &self.post_attention_norm)?;
+        let ffn = match &self.ffn {
+            Ffn::Dense(mlp) => mlp.forward(ctx, &h)?,
+            Ffn::Moe(moe) => moe.forward(ctx, &h)?,
+        };
+        add_residual(ctx, x, &ffn);
+        Ok(())
+    }
+}
+
+fn add_residual(ctx: &Context, x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    ctx.store(x);
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        ctx: &Context,
+        h: &[f32],
+        seqs: &[SeqChunk],
+        cache: &mut [f32],
+    ) -> Result<Vec<f32>> {
+        let cfg = ctx.cfg;
+        let dims = ctx.dims();
+        let (heads, d_c) = (dims.heads, dims.kv_lora_rank);
+        let (d_nope, d_rope) = (dims.qk_nope_head_dim, dims.qk_rope_head_dim);
+        let q_head = d_nope + d_rope;
+        let width = d_c + d_rope;
+        let tokens = h.len() / cfg.hidden_size;
+        let pos = positions(seqs);
+
+        let mut q = match &self.q {
+            QueryProj::Lora { q_a, q_a_norm, q_b } => {
+                let mut c_q = q_a.forward(h)?;
+                ctx.store(&mut c_q);
+                q_b.forward(&ctx.norm(&c_q, q_a_norm)?)?
+            }
+            QueryProj::Direct(q_proj) => q_proj.forward(h)?,
+        };
+        let q_layout = RopeLayout {
+            tokens,
+            heads,
+            token_stride: heads * q_head,
+            head_stride: q_head,
+            offset: d_nope,
+        };
+        apply_rope(&mut q, &q_layout, &pos, ctx.rope, ctx.max_positions)?;
+
+        // New cache entries: [RMSNorm(c_kv) ; RoPE(k_pe)].
+        let kv = self.kv_a.forward(h)?;
+        let latent: Vec<f32> = kv
+            .chunks_exact(width)
+            .flat_map(|e| &e[..d_c])
+            .copied()
+            .collect();
+        let latent = ctx.norm(&latent, &self.kv_a_norm)?;
+        let mut entries = Vec::with_capacity(tokens * width);
+        for (c, e) in latent.chunks_exact(d_c).zip(kv.chunks_exact(width)) {
+            entries.extend_from_slice(c);
+            entries.extend_from_slice(&e[d_c..]);
+        }
+        let k_layout = RopeLayout {
+            tokens,
+            heads: 1,
+            token_stride: width,
+            head_stride: 0,
+            offset: d_c,
+        };
+        apply_rope(&mut entries, &k_layout, &pos, ctx.rope, ctx.max_positions)?;
+        ctx.store(&mut entries);
+        let mut t = 0;
+        for s in seqs {
+            for p in s.start..s.start + s.ids.len() {
+                let e = entry_index(s.blocks, p);
+                cache[e * width..][..width].copy_from_slice(&entries[t * width..][..width]);
+                t += 1;
+            }
+        }
+
+        // Absorbed queries [tokens, H, d_c + d_rope] = [W_UK^T q_nope ; q_pe].
+        let q_nope: Vec<f32> = q
+            .chunks_exact(q_head)
+            .flat_map(|qh| &qh[..d_nope])
+            .copied()
+            .collect();
+        let mut q_lat = absorb_query(&dims, &q_nope, &self.kv_b_f32)?;
+        ctx.store(&mut q_lat);
+
+        // Attention of every (token, head), causal over its own sequence.
+        let mut owner = Vec::with_capacity(tokens);
+        for (i, s) in seqs.iter().enumerate() {
+            owner.extend((s.start..s.start + s.ids.len()).map(|p| (i, p)));
+        }
+        let cache: &[f32] = cache;
+        let mut o_lat = vec![0.0f32; tokens * heads * d_c];
+        o_lat
+            .par_chunks_exact_mut(d_c)
+            .enumerate()
+            .for_each(|(th, out)| {
+                let (t, hd) = (th / heads, th % heads);
+                let (seq, p) = owner[t];
+                let lat = &q_lat[th * d_c..][..d_c];
+                let pe = &q[t * heads * q_head + hd * q_head + d_nope..][..d_rope];
+                attend(
+                    lat,
+                    pe,
+                    cache,
+                    seqs[seq].blocks,
+                    p + 1,
+                    width,
+                    ctx.softmax_scale,
+                    out,
+                );
+            });
+        ctx.store(&mut o_lat);
+        let mut o = absorb_output(&dims, &o_lat, &self.kv_b_f32)?;
+        ctx.store(&mut o);
+        self.o.forward(&o)
+    }
+}
+
+/// Softmax attention of one absorbed query head over the first `len` entries of a sequence,
+/// two-pass in f32: `out = sum_s softmax(score)[s] * c_kv[s]`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q_lat: &[f32],
+    q_pe: &[f32],
+    cache: &[f32],
+    blocks: &[u32],
+    len: usize,
+    width: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let d_c = q_lat.len();
+    let entry = |p: usize| &cache[entry_index(blocks, p) * width..][..width];
+    let scores: Vec<f32> = (0..len)
+        .map(|p| {
+            let e = entry(p);
+            (dot(q_lat, &e[..d_c]) + dot(q_pe, &e[d_c..])) * scale
+        })
+        .collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = weights.iter().sum();
+    out.fill(0.0);
+    for (p, w) in weights.iter().enumerate() {
+        for (o, c) in out.iter_mut().zip(&entry(p)[..d_c]) {
+            *o += w * c;
+        }
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl Mlp {
+    /// `down(silu(gate(x)) * up(x))` for `x` [rows, hidden].
+    pub fn forward(&self, ctx: &Context, x: &[f32]) -> Result<Vec<f32>> {
+        let gate = self.gate.forward(x)?;
+        let up = self.up.forward(x)?;
+        let mut act: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| kernels::reference::silu_mul::silu(g) * u)
+            .collect();
+        // In fp8 the GPU quantizes silu(g) * u straight from f32 (the fused kernel); the down
+        // projection's own quantization does the same here, so nothing is rounded in between.
+        if ctx.precision == Precision::Exact {
+            ctx.store(&mut act);
+        }
+        self.down.forward(&act)
+    }
+}
+
+impl Moe {
+    /// Routed experts weighted by the router plus the shared experts, for `x` [rows, hidden].
+    fn forward(&self, ctx: &Context, x: &[f32]) -> Result<Vec<f32>> {
+        let hidden = ctx.cfg.hidden_size;
+        let rows = x.len() / hidden;
+        let z = self.gate.forward(x)?;
+        let routing = route(&z, self.bias.as_deref(), &self.routing)?;
+
+        // Group the (token, weight) pairs by expert so each expert multiplies all its rows at
+        // once (the permute step of the GPU path, without the device layout).
+        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
+        for t in 0..rows {
+            for (&e, &w) in routing.ids_of(t).iter().zip(routing.weights_of(t)) {
+                per_expert[e as usize].push((t, w));
+            }
+        }
+        let outputs: Vec<Result<Vec<f32>>> = per_expert
+            .par_iter()
+            .zip(&self.experts)
+            .map(|(assigned, expert)| {
+                if assigned.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let gathered: Vec<f32> = assigned
+                    .iter()
+                    .flat_map(|&(t, _)| &x[t * hidden..][..hidden])
+                    .copied()
+                    .collect();
+                expert.forward(ctx, &gathered)
+            })
+            .collect();
+        let mut y = vec![0.0f32; rows * hidden];
+        for (assigned, out) in per_expert.iter().zip(outputs) {
+            let out = out?;
+            for (&(t, w), row) in assigned.iter().zip(out.chunks_exact(hidden)) {
+                for (a, b) in y[t * hidden..][..hidden].iter_mut().zip(row) {
+                    *a += w * b;
+                }
+            }
+        }
+        if let Some(shared) = &self.shared {
+            let s = shared.forward(ctx, x)?;
+            y.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        }
+        ctx.store(&mut y);
+        Ok(y)
+    }
+}

@@ -1,0 +1,174 @@
+//! Linear layers `y = x W^T` of the CPU backend, in the two precisions.
+//!
+//! - `exact`: W dequantized to f32 once at load, x in f32, f32 products through the `gemm` crate
+//!   (the oracle the goldens are checked with).
+//! - `fp8`: FP8 weights kept as stored; x quantized per token per 128 channels (spec §4) and
+//!   multiplied by the fp8-gemm crate's reference (f32 per-block partials promoted with the two
+//!   scales), output rounded to BF16 as the GPU GEMM writes it.
+//!
+//! BF16 weights (router gate, lm_head, eh_proj) stay BF16 in both precisions and multiply f32
+//! activations in f32.
+
+use fp8_gemm::reference::{gemm_nt_f32, Fp8Weights};
+use half::bf16;
+use kernels::reference::{quantize_fp8, ScaleLayout};
+
+use crate::checkpoint::LinearWeight;
+use crate::error::{ModelError, Result};
+
+use super::Precision;
+
+/// One linear layer's weight in the form its precision multiplies.
+#[derive(Clone, Debug)]
+pub enum Linear {
+    /// Row-major f32 [n, k].
+    F32 { w: Vec<f32>, n: usize, k: usize },
+    /// Block-scaled FP8 (the checkpoint's codes and `weight_scale_inv`).
+    Fp8(Fp8Weights),
+}
+
+impl Linear {
+    /// Prepares `weight` (tensor `name`) for `precision`.
+    pub fn new(name: &str, weight: LinearWeight, precision: Precision) -> Result<Self> {
+        match (weight, precision) {
+            (LinearWeight::Fp8(w), Precision::Fp8) => {
+                let (n, k) = (w.n, w.k);
+                Fp8Weights::new(w.q, w.scales, n, k)
+                    .map(Linear::Fp8)
+                    .map_err(|e| ModelError::config(name, format!("cannot run in fp8: {e}")))
+            }
+            (w, _) => {
+                let (n, k) = w.dims();
+                Ok(Linear::F32 {
+                    w: w.to_f32(),
+                    n,
+                    k,
+                })
+            }
+        }
+    }
+
+    /// A BF16 tensor used as a linear weight (`lm_head`, the router gate).
+    pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Self {
+        Linear::F32 {
+            w: w.iter().map(|v| v.to_f32()).collect(),
+            n,
+            k,
+        }
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> usize {
+        match self {
+            Linear::F32 { n, .. } => *n,
+            Linear::Fp8(w) => w.n,
+        }
+    }
+
+    /// Input features.
+    pub fn in_dim(&self) -> usize {
+        match self {
+            Linear::F32 { k, .. } => *k,
+            Linear::Fp8(w) => w.k,
+        }
+    }
+
+    /// The weights in f32 (for the absorbed attention, which reads `kv_b_proj` per head).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Linear::F32 { w, .. } => w.clone(),
+            Linear::Fp8(w) => {
+                let table = kernels::dtype::e4m3_decode_table();
+                let kb = w.k_blocks();
+                (0..w.n * w.k)
+                    .map(|i| {
+                        let (r, c) = (i / w.k, i % w.k);
+                        table[usize::from(w.q[i].0)] * w.scales[(r / 128) * kb + c / 128]
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// `y = x W^T` for `x` [rows, in_dim] row-major; returns [rows, out_dim].
+    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let k = self.in_dim();
+        debug_assert_eq!(x.len() % k, 0);
+        let rows = x.len() / k;
+        match self {
+            Linear::F32 { w, n, k } => Ok(matmul_nt(x, w, rows, *n, *k)),
+            Linear::Fp8(w) => {
+                let a = quantize_fp8(x, w.k, false, ScaleLayout::TokenMajor)?;
+                let y = gemm_nt_f32(&a, w)?;
+                // The GPU GEMM writes BF16; round here so both backends see the same values.
+                Ok(y.into_iter().map(round_bf16).collect())
+            }
+        }
+    }
+}
+
+/// Rounds an f32 to the nearest BF16 value (returned as f32).
+pub fn round_bf16(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+/// `y[rows, n] = x[rows, k] w[n, k]^T` in f32 with the `gemm` crate on all rayon threads.
+pub fn matmul_nt(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * n];
+    if rows == 0 || n == 0 {
+        return y;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && rows * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: y is [rows, n] (row stride n), x is [rows, k] (row stride k), w is [n, k] read as
+    // its transpose [k, n] (row stride 1, column stride k); all indices stay in the buffers,
+    // whose lengths the callers derive from the same dims.
+    assert!(x.len() >= rows * k && w.len() >= n * k);
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_the_definition() {
+        let (rows, n, k) = (3, 5, 7);
+        let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let y = matmul_nt(&x, &w, rows, n, k);
+        for r in 0..rows {
+            for c in 0..n {
+                let want: f32 = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum();
+                assert!((y[r * n + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The weights of one decoder layer (main or MTP) prepared for the CPU backend.
+
+use moe_dispatch::reference::routing::{RoutingConfig, Scoring, TopkMethod};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+
+use super::linear::Linear;
+use super::Precision;
+
+/// Loads `name` as a linear layer for `precision`.
+pub fn linear(ckpt: &Checkpoint, name: &str, precision: Precision) -> Result<Linear> {
+    Linear::new(name, ckpt.linear(name)?, precision)
+}
+
+/// A norm (or any small vector) in f32.
+pub fn vector(ckpt: &Checkpoint, name: &str) -> Result<Vec<f32>> {
+    ckpt.to_f32(name)
+}
+
+/// `down(silu(gate(x)) * up(x))`: the dense MLP, every routed expert and the shared experts.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Mlp {
+    fn load(ckpt: &Checkpoint, prefix: &str, precision: Precision) -> Result<Self> {
+        Ok(Mlp {
+            gate: linear(ckpt, &format!("{prefix}.gate_proj.weight"), precision)?,
+            up: linear(ckpt, &format!("{prefix}.up_proj.weight"), precision)?,
+            down: linear(ckpt, &format!("{prefix}.down_proj.weight"), precision)?,
+        })
+    }
+}
+
+/// The query path: with `q_lora_rank` a down projection, its norm and an up projection, else one
+/// `q_proj`.
+#[derive(Clone, Debug)]
+pub enum QueryProj {
+    Lora {
+        q_a: Linear,
+        q_a_norm: Vec<f32>,
+        q_b: Linear,
+    },
+    Direct(Linear),
+}
+
+/// The MLA weights of one layer. `kv_b` is also kept dequantized in f32 because the absorbed form
+/// reads its per-head blocks W_UK[h] and W_UV[h] directly.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q: QueryProj,
+    pub kv_a: Linear,
+    pub kv_a_norm: Vec<f32>,
+    pub kv_b_f32: Vec<f32>,
+    pub o: Linear,
+}
+
+/// The FFN of a layer: dense below `first_k_dense_replace`, MoE above.
+#[derive(Clone, Debug)]
+pub enum Ffn {
+    Dense(Mlp),
+    Moe(Box<Moe>),
+}
+
+/// Router and experts of an MoE layer.
+#[derive(Clone, Debug)]
+pub struct Moe {
+    /// `mlp.gate.weight` [E, hidden], BF16 in the checkpoint, multiplied in f32.
+    pub gate: Linear,
+    /// `e_score_correction_bias` (noaux_tc only).
+    pub bias: Option<Vec<f32>>,
+    pub routing: RoutingConfig,
+    pub experts: Vec<Mlp>,
+    pub shared: Option<Mlp>,
+}
+
+/// One decoder layer.
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    pub input_norm: Vec<f32>,
+    pub post_attention_norm: Vec<f32>,
+    pub attention: Attention,
+    pub ffn: Ffn,
+}
+
+/// The routing keys of `cfg` in the moe-dispatch crate's terms.
+pub fn routing_config(cfg: &ModelConfig) -> Result<RoutingConfig> {
+    let scoring = Scoring::from_config(cfg.scoring_func.as_str())
+        .map_err(|e| ModelError::config("scoring_func", e.to_string()))?;
+    let method = TopkMethod::from_config(cfg.topk_method.as_str())
+        .map_err(|e| ModelError::config("topk_method", e.to_string()))?;
+    let routing = RoutingConfig {
+        num_experts: cfg.n_routed_experts,
+        top_k: cfg.num_experts_per_tok,
+        n_group: cfg.n_group.max(1),
+        topk_group: cfg.topk_group.max(1),
+        scoring,
+        method,
+        norm_topk_prob: cfg.norm_topk_prob,
+        routed_scaling_factor: cfg.routed_scaling_factor as f32,
+    };
+    routing
+        .validate()
+        .map_err(|e| ModelError::config("n_routed_experts", e.to_string()))?;
+    Ok(routing)
+}
+
+impl DecoderLayer {
+    /// Loads layer `l` (a main layer or an MTP layer id).
+    pub fn load(ckpt: &Checkpoint, l: usize, precision: Precision) -> Result<Self> {
+        let cfg = ckpt.config();
+        let p = format!("model.layers.{l}");
+        let a = format!("{p}.self_attn");
+        let q = match cfg.q_lora_rank {
+            Some(_) => QueryProj::Lora {
+                q_a: linear(ckpt, &format!("{a}.q_a_proj.weight"), precision)?,
+                q_a_norm: vector(ckpt, &format!("{a}.q_a_layernorm.weight"))?,
+                q_b: linear(ckpt, &format!("{a}.q_b_proj.weight"), precision)?,
+            },
+            None => QueryProj::Direct(linear(ckpt, &format!("{a}.q_proj.weight"), precision)?),
+        };
+        let attention = Attention {
+            q,
+            kv_a: linear(ckpt, &format!("{a}.kv_a_proj_with_mqa.weight"), precision)?,
+            kv_a_norm: vector(ckpt, &format!("{a}.kv_a_layernorm.weight"))?,
+            kv_b_f32: ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32(),
+            o: linear(ckpt, &format!("{a}.o_proj.weight"), precision)?,
+        };
+        let m = format!("{p}.mlp");
+        let ffn = if cfg.is_moe_layer(l) {
+            let gate_name = format!("{m}.gate.weight");
+            let gate = ckpt.bf16(&gate_name)?;
+            let bias = if cfg.has_score_bias() {
+                Some(vector(ckpt, &format!("{m}.gate.e_score_correction_bias"))?)
+            } else {
+                None
+            };
+            let experts = (0..cfg.n_routed_experts)
+                .map(|e| Mlp::load(ckpt, &format!("{m}.experts.{e}"), precision))
+                .collect::<Result<Vec<_>>>()?;
+            let shared = if cfg.n_shared_experts > 0 {
+                Some(Mlp::load(ckpt, &format!("{m}.shared_experts"), precision)?)
+            } else {
+                None
+            };
+            Ffn::Moe(Box::new(Moe {
+                gate: Linear::from_bf16(&gate, cfg.n_routed_experts, cfg.hidden_size),
+                bias,
+                routing: routing_config(cfg)?,
+                experts,
+                shared,
+            }))
+        } else {
+            Ffn::Dense(Mlp::load(ckpt, &m, precision)?)
+        };
+        Ok(DecoderLayer {
+            input_norm: vector(ckpt, &format!("{p}.input_layernorm.weight"))?,
+            post_attention_norm: vector(ckpt, &format!("{p}.post_attention_layernorm.weight"))?,
+            attention,
+            ffn,
+        })
+    }
+}
