@@ -1,0 +1,146 @@
+//! The `dsv3` binary end to end on the built-in tiny model: the documented run command works on
+//! a fresh machine, `--json` and `logits` print the stable shapes, `make-tiny` writes a
+//! checkpoint the other commands load, and bad input exits non-zero with a message naming it.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::TempDir;
+use serde_json::Value;
+
+fn dsv3(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dsv3"))
+        .args(args)
+        .output()
+        .expect("dsv3 runs")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "dsv3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON value")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn generate_on_the_builtin_model() {
+    let out = dsv3(&[
+        "generate",
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    let v = stdout_json(&out);
+    let ids = v["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 8);
+    assert!(v["text"].is_string());
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        stderr(&out).contains("random"),
+        "must say the weights are random"
+    );
+
+    // Streaming (no --json) prints text and a summary line.
+    let out = dsv3(&["generate", "--ids", "1,2,3", "--max-new-tokens", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3 prompt + 4 generated tokens"));
+}
+
+#[test]
+fn greedy_generation_is_reproducible_and_sampling_is_seeded() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        stdout_json(&dsv3(&args))["ids"].clone()
+    };
+    assert_eq!(run(&[]), run(&[]));
+    let sampled = ["--temperature", "1.0", "--top-p", "0.9", "--seed", "11"];
+    assert_eq!(run(&sampled), run(&sampled));
+}
+
+#[test]
+fn logits_prints_one_row_per_position() {
+    let v = stdout_json(&dsv3(&["logits", "--ids", "1,2,3"]));
+    let rows = v["logits"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].as_array().unwrap().len(), 512);
+}
+
+#[test]
+fn make_tiny_writes_a_checkpoint_the_commands_load() {
+    let dir = TempDir::new("cli-make-tiny");
+    let out = dsv3(&["make-tiny", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("random"));
+    let model = dir.path().to_str().unwrap();
+    let from_dir = stdout_json(&dsv3(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1,2",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]));
+    let builtin = stdout_json(&dsv3(&[
+        "generate",
+        "--ids",
+        "1,2",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(from_dir["ids"], builtin["ids"]);
+
+    let info = stdout_json(&dsv3(&["info", "--model", model, "--json"]));
+    assert_eq!(info["model_type"], "deepseek_v3");
+    assert!(info["params_total"].as_u64().unwrap() > info["params_activated"].as_u64().unwrap());
+
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog.").unwrap();
+    let ppl = stdout_json(&dsv3(&[
+        "perplexity",
+        "--model",
+        model,
+        "--file",
+        text.to_str().unwrap(),
+    ]));
+    assert!(ppl["perplexity"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn bad_input_exits_with_a_message_naming_it() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["generate", "--ids", "1,99999"], "99999"),
+        (&["generate", "--ids", "1,x"], "`x`"),
+        (
+            &["generate", "--model", "/nonexistent/dir", "--ids", "1"],
+            "/nonexistent/dir",
+        ),
+        (&["generate", "--ids", "1", "--top-p", "0"], "top_p"),
+        (&["bench", "--synthetic", "full-width"], "CUDA"),
+    ];
+    for (args, needle) in cases {
+        let out = dsv3(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
+    }
+}
