@@ -144,3 +144,40 @@ fn bad_input_exits_with_a_message_naming_it() {
         assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
     }
 }
+
+/// Writes a BF16 NaN over the first element of `tensor` in a single-file checkpoint.
+fn poison_bf16(dir: &std::path::Path, tensor: &str) {
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header[tensor]["dtype"], "BF16");
+    let start = header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + header_len + start;
+    bytes[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn check_weights_names_a_nan_tensor() {
+    let dir = TempDir::new("cli-nan");
+    assert!(dsv3(&["make-tiny", "--out", dir.path().to_str().unwrap()])
+        .status
+        .success());
+    poison_bf16(dir.path(), "model.norm.weight");
+    let model = dir.path().to_str().unwrap();
+    let out = dsv3(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--check-weights",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("model.norm.weight"),
+        "{}",
+        stderr(&out)
+    );
+}

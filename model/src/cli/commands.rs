@@ -146,7 +146,7 @@ fn generate(
     json: bool,
 ) -> Result<()> {
     set_threads(m.threads)?;
-    let loaded = load_model(m.model.as_deref(), m.backend, m.precision, false)?;
+    let loaded = load_model(m, false)?;
     let prompt_ids = match (prompt, ids) {
         (Some(text), _) => {
             require_tokenizer(loaded.tokenizer.as_ref(), "--prompt")?.encode(text, true)?
@@ -208,7 +208,7 @@ fn generate(
 
 fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     set_threads(m.threads)?;
-    let loaded = load_model(m.model.as_deref(), m.backend, m.precision, false)?;
+    let loaded = load_model(m, false)?;
     let limit = loaded.model.config().max_position_embeddings;
     let blocks = m
         .kv_blocks
@@ -246,7 +246,7 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
 fn logits(m: &ModelArgs, ids: &str) -> Result<()> {
     set_threads(m.threads)?;
     let ids = parse_ids(ids)?;
-    let loaded = load_model(m.model.as_deref(), m.backend, m.precision, true)?;
+    let loaded = load_model(m, true)?;
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(ids.len()));
@@ -266,7 +266,7 @@ fn logits(m: &ModelArgs, ids: &str) -> Result<()> {
 fn perplexity(m: &ModelArgs, file: &Path, context: Option<usize>) -> Result<()> {
     set_threads(m.threads)?;
     let text = std::fs::read_to_string(file).map_err(|e| ModelError::io(file, e))?;
-    let loaded = load_model(m.model.as_deref(), m.backend, m.precision, false)?;
+    let loaded = load_model(m, false)?;
     let limit = loaded.model.config().max_position_embeddings;
     let window = context.unwrap_or(1024).min(limit);
     if window < 2 {
@@ -403,7 +403,7 @@ fn bench(
         ));
     }
     set_threads(m.threads)?;
-    let loaded = load_model(m.model.as_deref(), m.backend, m.precision, false)?;
+    let loaded = load_model(m, false)?;
     let vocab = loaded.model.config().vocab_size as u64;
     let blocks = m
         .kv_blocks

@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
-use crate::cpu::{CpuModel, Precision};
+use crate::cpu::CpuModel;
 use crate::engine::{CpuBackend, Engine};
 use crate::error::{ModelError, Result};
 use crate::tiny::{write_tiny, TINY_SEED};
 use crate::tokenizer::Tokenizer;
 use crate::ModelConfig;
+
+use super::ModelArgs;
 
 /// `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,13 +75,9 @@ pub fn load_config(dir: Option<&Path>) -> Result<ModelConfig> {
 
 /// Loads `--model DIR` (or the built-in tiny model when `None`) for the CPU backend, reporting
 /// progress on stderr unless `quiet`.
-pub fn load_model(
-    dir: Option<&Path>,
-    backend: BackendChoice,
-    precision: Precision,
-    quiet: bool,
-) -> Result<LoadedModel> {
-    resolve_backend(backend)?;
+pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
+    let (dir, precision) = (args.model.as_deref(), args.precision);
+    resolve_backend(args.backend)?;
     let t0 = Instant::now();
     let (scratch, dir, source) = match dir {
         Some(d) => (None, d.to_path_buf(), d.display().to_string()),
@@ -102,6 +100,12 @@ pub fn load_model(
         }
     };
     let ckpt = Checkpoint::open(&dir)?;
+    if args.check_weights {
+        ckpt.check_finite()?;
+        if !quiet {
+            eprintln!("checked every weight of {source}: no NaN or infinity");
+        }
+    }
     let mut progress = |done: usize, total: usize| {
         if !quiet && total > 8 {
             eprint!("\rloading layers {done}/{total}");

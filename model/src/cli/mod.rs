@@ -43,6 +43,9 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Scan every weight for NaN / Inf before running (reads the whole checkpoint once).
+    #[arg(long)]
+    pub check_weights: bool,
 }
 
 /// Options of sampling.
