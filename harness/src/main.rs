@@ -6,6 +6,7 @@ mod anchors;
 mod bench;
 #[cfg(feature = "cuda")]
 mod ceilings;
+mod end_to_end;
 mod environment;
 mod items;
 mod peers;

@@ -192,6 +192,32 @@ pub fn markdown(report: &Report) -> String {
         }
         out += &t.markdown();
     }
+    if !report.end_to_end.is_empty() {
+        out += "\n## End to end: `dsv3` forward steps\n\n";
+        let mut t = Table::new(&[
+            "model",
+            "backend",
+            "phase",
+            "batch",
+            "context",
+            "tokens/step",
+            "median ms",
+            "tokens/s",
+        ]);
+        for e in &report.end_to_end {
+            t.row(vec![
+                e.model.clone(),
+                e.backend.clone(),
+                e.phase.clone(),
+                e.batch.to_string(),
+                e.context.to_string(),
+                e.tokens_per_step.to_string(),
+                format!("{:.4}", e.step.median_ms),
+                format!("{:.1}", e.tokens_per_s),
+            ]);
+        }
+        out += &t.markdown();
+    }
     if !report.skipped.is_empty() {
         out += "\n## Not run\n\n";
         let mut t = Table::new(&["case", "why"]);
@@ -391,6 +417,16 @@ mod tests {
                 case("fp8_gemm_nt", "cublas_bf16", "4096x4096x7168", 0.4, b, f),
             ],
             skipped: Vec::new(),
+            end_to_end: vec![crate::end_to_end::EndToEnd {
+                model: "tiny".into(),
+                backend: "cpu exact".into(),
+                phase: "decode".into(),
+                batch: 8,
+                context: 128,
+                tokens_per_step: 8,
+                step: kernels::stats::TimingStats::from_samples(&[2.0, 2.0, 2.0]),
+                tokens_per_s: 4000.0,
+            }],
         }
     }
 
@@ -411,6 +447,7 @@ mod tests {
         let first = std::fs::read_to_string(dir.join(REPORT)).unwrap();
         assert!(first.contains("## fp8-gemm: `fp8_gemm_nt`"));
         assert!(first.contains("2.00x cublas_bf16"));
+        assert!(first.contains("## End to end") && first.contains("4000.0"));
         assert!(first.contains("1304 TFLOP/s (DeepGEMM README, H800 (published))"));
         regenerate(&dir).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join(REPORT)).unwrap(), first);

@@ -131,6 +131,9 @@ pub struct Report {
     pub ceilings: Vec<Ceiling>,
     pub cases: Vec<CaseResult>,
     pub skipped: Vec<Skipped>,
+    /// The model's tokens/s (absent from reports written before it existed).
+    #[serde(default)]
+    pub end_to_end: Vec<crate::end_to_end::EndToEnd>,
 }
 
 impl CaseResult {
