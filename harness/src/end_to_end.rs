@@ -114,7 +114,7 @@ fn entry(
     tokens_per_step: usize,
     step: TimingStats,
 ) -> EndToEnd {
-    let tokens_per_s = tokens_per_step as f64 / (step.median_ms as f64 * 1e-3);
+    let tokens_per_s = tokens_per_step as f64 / (step.median_ms * 1e-3);
     println!(
         "          {:<48} {:>10.4} ms  {tokens_per_s:>10.1} tokens/s",
         format!("dsv3 {phase} batch {batch} ({})", backend.describe()),

@@ -85,8 +85,27 @@ pub fn all_items(quick: bool) -> Vec<BenchItem> {
             gpu: Some(gpu_items::moe(case)),
         });
     }
+    for case in mla_attention::cases::decode_cases(quick) {
+        let cpu: Option<CpuFactory> = (case.flops() <= MLA_CPU_MAX_FLOPS).then(|| {
+            Box::new(move |rng: &mut Rng| mla_attention::cases::cpu_runner(&case, rng)) as _
+        });
+        items.push(BenchItem {
+            suite: "mla-attention",
+            kernel: case.kernel().to_string(),
+            implementation: "ours",
+            shape: case.shape(),
+            bytes: case.bytes(),
+            flops: case.flops(),
+            cpu,
+            #[cfg(feature = "cuda")]
+            gpu: Some(gpu_items::mla_decode(case)),
+        });
+    }
     items
 }
+
+/// Largest MLA decode the CPU path runs (the reference is single-threaded f32).
+const MLA_CPU_MAX_FLOPS: f64 = 2e9;
 
 #[cfg(feature = "cuda")]
 pub mod gpu_items {
@@ -132,6 +151,15 @@ pub mod gpu_items {
         Box::new(move |gpu, rng| {
             Ok(Ok(GpuRun {
                 launch: moe_dispatch::cases::gpu_runner(gpu, &case, rng)?,
+                check: None,
+            }))
+        })
+    }
+
+    pub fn mla_decode(case: mla_attention::cases::DecodeCase) -> GpuFactory {
+        Box::new(move |gpu, rng| {
+            Ok(Ok(GpuRun {
+                launch: mla_attention::cases::gpu_runner(gpu, &case, rng)?,
                 check: None,
             }))
         })

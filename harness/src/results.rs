@@ -160,6 +160,9 @@ fn compute_rate(case: &CaseResult, bf16_tflops: f64) -> Option<(f64, &'static st
         Some((bf16_tflops, "BF16 rate (measured cuBLAS)"))
     } else if case.kernel.starts_with("fp8_gemm") {
         Some((2.0 * bf16_tflops, "FP8 rate (2x measured BF16 cuBLAS)"))
+    } else if case.kernel.starts_with("mla_decode") {
+        // BF16 tensor-core scores and value sums (H = 128 query rows share each KV entry).
+        Some((bf16_tflops, "BF16 rate (measured cuBLAS)"))
     } else {
         None
     }

@@ -88,6 +88,7 @@ mod gpu_run {
             ("kernels", kernels::checks::all_checks),
             ("fp8-gemm", fp8_gemm::checks::all_checks),
             ("moe-dispatch", moe_dispatch::checks::all_checks),
+            ("mla-attention", mla_attention::checks::all_checks),
         ]
     }
 

@@ -5,12 +5,27 @@
 //!   contract and KV append, and the 656-byte FP8 cache entry.
 //! - [`cache`]: the host-side block allocator of the paged KV cache (free list, per-sequence
 //!   block tables, padded i32 tables for a batch).
+//! - [`cases`]: the benchmark cases (`harness bench` and `cargo bench -p mla-attention`).
+//! - With the `cuda` feature: [`gpu`] (launch wrappers of `cuda/mla_decode.cu`, the paged decode
+//!   kernel with split-KV and combine) and [`checks`] (kernel-vs-reference checks for the tests
+//!   and `harness verify`).
 //!
 //! The contract is `shared/spec/deepseek-v3.md`; `reference` is the spec in plain Rust and every
 //! kernel of this crate is tested against it.
 
 pub mod cache;
+pub mod cases;
 pub mod reference;
+
+#[cfg(feature = "cuda")]
+pub mod checks;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 
 pub use cache::{BlockTable, KvCacheAllocator, SeqId, PAD_BLOCK};
 pub use reference::{MlaDims, BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};
+
+/// The fatbins of this crate's `cuda/*.cu` (empty without the `cuda` feature).
+pub mod cubins {
+    include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
+}

@@ -18,6 +18,9 @@ enum StatusCode : int {
   kStatusExpertIdOutOfRange = 4,  // an expert id outside [0, E) given to expert_counts; not counted
   kStatusDispatchOutOfRange = 5,  // MoE dispatch: an expert id outside [0, E) (or a slot outside
                                   // the dispatched rows, or a masked expert over m_max); pair dropped
+  kStatusMlaOutOfRange = 6,       // MLA decode: a block_table entry outside [0, num_blocks) (its
+                                  // tokens masked, nothing read) or a cache_seqlens value outside
+                                  // [S_q, max_blocks * 64] (clamped)
 };
 
 // Records the first non-zero code (later ones are dropped so the message names the first fault).

@@ -62,6 +62,12 @@ impl DeviceStatus {
                  expert over the masked layout's m_max); those pairs were dropped (detected on the \
                  device)",
             ),
+            6 => Error::index(
+                op,
+                "MLA decode: a block_table entry outside 0..num_blocks (its tokens were masked, \
+                 nothing read) or a cache_seqlens value outside S_q..=max_blocks * 64 (clamped) \
+                 (detected on the device)",
+            ),
             other => Error::Cuda {
                 context: op.into(),
                 detail: format!("kernel reported status {other}"),

@@ -1,0 +1,432 @@
+//! The MLA decode kernel against [`crate::reference::paged_decode`] on fresh random paged inputs,
+//! for the GPU tests and `harness verify`.
+//!
+//! Pass criteria (outputs are poisoned with NaN bytes before the launch):
+//! - every o_lat and lse element of every row is finite (an unwritten row keeps its NaN poison);
+//! - on the checked rows (all of them when the reference is cheap, otherwise every sequence with
+//!   a sample of heads that always includes the first and last), against the reference run on
+//!   the same BF16 inputs:
+//!   - relative Frobenius error ||o - ref|| / ||ref|| <= [`O_REL_TOL`];
+//!   - per element |o - ref| <= [`o_element_bound`];
+//!   - |lse - ref| <= [`LSE_TOL`] * (1 + |ref|);
+//! - the schedule the device planned covers every KV block of every sequence exactly once, with
+//!   split counts matching the offsets ([`check_schedule`]).
+
+use half::bf16;
+use kernels::checks::CheckReport;
+use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu};
+use kernels::rng::Rng;
+use kernels::{Error, Result};
+
+use crate::cases::DecodeInputs;
+use crate::gpu::{self, DecodeWorkspace};
+use crate::reference::{paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK};
+
+const KERNEL: &str = "mla_decode_bf16";
+
+/// Bound on ||o - ref|| / ||ref||. The kernel rounds twice where the f32 reference does not: the
+/// softmax weights P to BF16 before the P.V tensor-core product, and o_lat to BF16 at the end.
+/// Each rounding is round-to-nearest-even with relative error <= 2^-9 per value, about
+/// 2^-9 / sqrt(3) = 1.1e-3 rms for random data; the two together about 1.6e-3 rms, with f32
+/// accumulation order and exp2 vs exp adding ~1e-6. 4e-3 (~2^-8) leaves room for the worst
+/// random case without hiding a wrong or stale element (those give errors of order 1).
+pub const O_REL_TOL: f64 = 4e-3;
+
+/// Relative bound on the lse (natural log, f32 in both): the scores differ only by f32
+/// accumulation order over 576 products and the base-2 rescaling, ~1e-6 for these inputs.
+pub const LSE_TOL: f64 = 1e-4;
+
+/// Per-element bound of o_lat: 2^-9 |ref| for the final BF16 rounding plus 2^-9 * max|v| for
+/// the BF16 rounding of P (the error sum_t dp_t v_t / l with |dp_t| <= 2^-9 p_t is at most
+/// 2^-9 max_t |v_t|), 10% slack for f32 effects, and 1e-6 absolute.
+pub fn o_element_bound(reference: f64, vmax: f64) -> f64 {
+    1.1 * 2f64.powi(-9) * (reference.abs() + vmax) + 1e-6
+}
+
+/// Reference work (row-tokens x 1088 multiply-adds) above which heads are sampled.
+const REFERENCE_BUDGET: usize = 1_500_000;
+
+/// What a decode check runs: sequence lengths, S_q, heads, and the schedule's shape.
+#[derive(Clone, Debug)]
+pub struct DecodeCheck {
+    pub seqlens: Vec<usize>,
+    pub s_q: usize,
+    pub heads: usize,
+    /// Schedule parts (CTA columns); `None`: what [`DecodeWorkspace::new`] picks for the device.
+    pub parts: Option<usize>,
+    /// Every sequence's first block is the same cache block.
+    pub shared_prefix: bool,
+}
+
+impl DecodeCheck {
+    fn describe(&self) -> String {
+        let lens = if self.seqlens.len() <= 8 {
+            format!("{:?}", self.seqlens)
+        } else {
+            format!(
+                "{} seqs, {}..={}",
+                self.seqlens.len(),
+                self.seqlens.iter().min().unwrap_or(&0),
+                self.seqlens.iter().max().unwrap_or(&0)
+            )
+        };
+        format!(
+            "S_q {} H {} lens {lens}{}{}",
+            self.s_q,
+            self.heads,
+            self.parts.map_or(String::new(), |p| format!(" parts {p}")),
+            if self.shared_prefix {
+                " shared prefix"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Device copies of a [`DecodeInputs`].
+struct Uploaded {
+    q: DeviceTensor<bf16>,
+    cache: DeviceTensor<bf16>,
+    table: DeviceTensor<i32>,
+    lens: DeviceTensor<i32>,
+}
+
+fn upload(gpu: &Gpu, inp: &DecodeInputs) -> Result<Uploaded> {
+    let s = inp.shape;
+    Ok(Uploaded {
+        q: gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?,
+        cache: gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?,
+        table: gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?,
+        lens: gpu.upload(&inp.cache_seqlens, &[s.batch])?,
+    })
+}
+
+/// Runs the kernel on fresh random inputs and compares with the reference.
+pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckReport> {
+    let (s_q, heads) = (c.s_q, c.heads);
+    let inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
+    let s = inp.shape;
+    let d = upload(gpu, &inp)?;
+    let mut ws = match c.parts {
+        Some(p) => DecodeWorkspace::with_parts(gpu, s.batch, s_q, heads, p)?,
+        None => DecodeWorkspace::new(gpu, s.batch, s_q, heads)?,
+    };
+    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s_q, heads, KV_LORA_RANK])?;
+    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s_q, heads])?;
+    let mut status = DeviceStatus::new(gpu)?;
+    gpu::paged_decode(
+        gpu,
+        &mut ws,
+        &d.q,
+        &d.cache,
+        &d.table,
+        &d.lens,
+        inp.softmax_scale,
+        &mut o,
+        &mut lse,
+        &mut status,
+    )?;
+    let got_o = gpu.download(&o)?;
+    let got_lse = gpu.download(&lse)?;
+    status.check(gpu, "mla_decode")?;
+    let (sched, offsets) = ws.download_schedule(gpu)?;
+    let schedule = check_schedule(&sched, &offsets, &c.seqlens, ws.parts());
+
+    // Every row written.
+    let unwritten_o = got_o.iter().filter(|v| !v.to_f32().is_finite()).count();
+    let unwritten_lse = got_lse.iter().filter(|v| !v.is_finite()).count();
+
+    // Heads to compare: all, or a sample (first, last, random) within the budget.
+    let work: usize = c.seqlens.iter().sum::<usize>() * s_q;
+    let n_heads = (REFERENCE_BUDGET / work.max(1)).clamp(2.min(heads), heads);
+    let mut checked: Vec<usize> = if n_heads >= heads {
+        (0..heads).collect()
+    } else {
+        let mut v = vec![0, heads - 1];
+        while v.len() < n_heads {
+            v.push(rng.below(heads as u64) as usize);
+        }
+        v
+    };
+    checked.sort_unstable();
+    checked.dedup();
+    let hs = checked.len();
+
+    // The reference on the checked heads only (heads are independent).
+    let mut q_sub = Vec::with_capacity(s.batch * s_q * hs * KV_DIM);
+    for b in 0..s.batch {
+        for i in 0..s_q {
+            for &h in &checked {
+                let row = (b * s_q + i) * heads + h;
+                q_sub.extend_from_slice(&inp.q[row * KV_DIM..][..KV_DIM]);
+            }
+        }
+    }
+    let expect = paged_decode(
+        &s,
+        hs,
+        &q_sub,
+        &inp.cache,
+        &inp.block_table,
+        &inp.cache_seqlens,
+        inp.softmax_scale,
+    )?;
+
+    let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
+    let mut bad = 0usize;
+    let mut first_bad = None;
+    let mut lse_err = 0.0f64;
+    for b in 0..s.batch {
+        let vmax = sequence_vmax(&s, &inp, b);
+        for i in 0..s_q {
+            for (k, &h) in checked.iter().enumerate() {
+                let row = (b * s_q + i) * heads + h;
+                let rrow = (b * s_q + i) * hs + k;
+                let got = &got_o[row * KV_LORA_RANK..][..KV_LORA_RANK];
+                let want = &expect.o_lat[rrow * KV_LORA_RANK..][..KV_LORA_RANK];
+                for (col, (g, w)) in got.iter().zip(want).enumerate() {
+                    let (g, w) = (f64::from(g.to_f32()), f64::from(*w));
+                    let err = (g - w).abs();
+                    diff2 += if err.is_finite() {
+                        err * err
+                    } else {
+                        f64::INFINITY
+                    };
+                    ref2 += w * w;
+                    if err.is_nan() || err > o_element_bound(w, vmax) {
+                        bad += 1;
+                        first_bad.get_or_insert_with(|| {
+                            format!("seq {b} query {i} head {h} col {col}: {g} vs {w}")
+                        });
+                    }
+                }
+                let (gl, wl) = (f64::from(got_lse[row]), f64::from(expect.lse[rrow]));
+                let e = (gl - wl).abs() / (1.0 + wl.abs());
+                lse_err = lse_err.max(if e.is_nan() { f64::INFINITY } else { e });
+            }
+        }
+    }
+    let rel = if ref2 > 0.0 {
+        (diff2 / ref2).sqrt()
+    } else if diff2 == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    };
+    let case = format!("{} ({} of {heads} heads checked)", c.describe(), hs);
+    Ok(CheckReport::new(KERNEL, case, "rel_l2", rel, O_REL_TOL)
+        .require(
+            bad == 0,
+            format!(
+                "{bad} o_lat elements outside the per-element bound (first: {})",
+                first_bad.unwrap_or_default()
+            ),
+        )
+        .require(
+            lse_err <= LSE_TOL,
+            format!("lse relative error {lse_err:e} > {LSE_TOL:e}"),
+        )
+        .require(
+            unwritten_o == 0 && unwritten_lse == 0,
+            format!("{unwritten_o} o_lat and {unwritten_lse} lse elements not finite (unwritten?)"),
+        )
+        .require(schedule.is_ok(), schedule.err().unwrap_or_default()))
+}
+
+/// max |c_kv| over the sequence's visible entries (the value bound of [`o_element_bound`]).
+fn sequence_vmax(s: &PagedShape, inp: &DecodeInputs, b: usize) -> f64 {
+    let len = inp.cache_seqlens[b] as usize;
+    (0..len)
+        .flat_map(|p| {
+            let e = crate::reference::paged::slot(s, &inp.block_table, b, p);
+            inp.cache[e * KV_DIM..][..KV_LORA_RANK].iter()
+        })
+        .fold(0.0f64, |m, v| m.max(f64::from(v.to_f32().abs())))
+}
+
+/// The schedule invariants: walking the parts in order visits every block of every sequence
+/// exactly once and in order, a sequence's pieces are numbered 0, 1, ... in part order, and
+/// `offsets[b + 1] - offsets[b]` is its number of pieces.
+pub fn check_schedule(
+    sched: &[i32],
+    offsets: &[i32],
+    seqlens: &[usize],
+    parts: usize,
+) -> std::result::Result<(), String> {
+    let batch = seqlens.len();
+    if sched.len() != parts * 5 || offsets.len() != batch + 1 {
+        return Err("schedule buffers have the wrong size".into());
+    }
+    let mut next_block = vec![0usize; batch];
+    let mut pieces = vec![0usize; batch];
+    for p in 0..parts {
+        let s = &sched[p * 5..][..5];
+        let (bb, bblk, bsplit, eb, eblk) = (s[0], s[1], s[2], s[3], s[4]);
+        if eb < bb {
+            continue;
+        }
+        for b in bb..=eb {
+            let bu = b as usize;
+            if bu >= batch {
+                return Err(format!("part {p} names sequence {b}"));
+            }
+            let n = seqlens[bu].div_ceil(BLOCK_SIZE);
+            let lo = if b == bb { bblk as usize } else { 0 };
+            let hi = if b == eb { eblk as usize } else { n };
+            if lo >= hi {
+                continue;
+            }
+            let split = if b == bb { bsplit as usize } else { 0 };
+            if lo != next_block[bu] || hi > n || split != pieces[bu] {
+                return Err(format!(
+                    "part {p}: sequence {b} blocks {lo}..{hi} split {split}, expected from block \
+                     {} split {}",
+                    next_block[bu], pieces[bu]
+                ));
+            }
+            next_block[bu] = hi;
+            pieces[bu] += 1;
+        }
+    }
+    for b in 0..batch {
+        let n = seqlens[b].div_ceil(BLOCK_SIZE);
+        if next_block[b] != n {
+            return Err(format!(
+                "sequence {b}: {} of {n} blocks scheduled",
+                next_block[b]
+            ));
+        }
+        if (offsets[b + 1] - offsets[b]) as usize != pieces[b] {
+            return Err(format!(
+                "sequence {b}: {} pieces, offsets say {}",
+                pieces[b],
+                offsets[b + 1] - offsets[b]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A block id outside the cache (and, separately, a length past the table) must be reported
+/// through the status word, with every output still finite (no garbage read).
+pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
+    let mut failures = Vec::new();
+    for (what, bad_block) in [("block id = num_blocks", true), ("block id -5", false)] {
+        let mut inp = DecodeInputs::random(rng, &[130, 70], 2, 16, false, 0);
+        let nb = inp.shape.num_blocks as i32;
+        // Sequence 1's second block.
+        inp.block_table[inp.shape.max_blocks + 1] = if bad_block { nb } else { -5 };
+        let (flagged, finite) = run_bad(gpu, &inp)?;
+        if !flagged {
+            failures.push(format!("{what}: not reported"));
+        }
+        if !finite {
+            failures.push(format!("{what}: outputs not finite"));
+        }
+    }
+    {
+        let mut inp = DecodeInputs::random(rng, &[100, 64], 1, 16, false, 0);
+        inp.cache_seqlens[1] = (inp.shape.max_blocks * BLOCK_SIZE + 1) as i32;
+        let (flagged, _) = run_bad(gpu, &inp)?;
+        if !flagged {
+            failures.push("cache_seqlens past max_blocks * 64: not reported".into());
+        }
+    }
+    // Host-side shape checks name the argument.
+    let inp = DecodeInputs::random(rng, &[10], 1, 16, false, 0);
+    let d = upload(gpu, &inp)?;
+    let mut ws = DecodeWorkspace::new(gpu, 1, 1, 16)?;
+    let mut status = DeviceStatus::new(gpu)?;
+    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[1, 1, 16, KV_LORA_RANK])?;
+    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[1, 1, 8])?;
+    let err = gpu::paged_decode(
+        gpu,
+        &mut ws,
+        &d.q,
+        &d.cache,
+        &d.table,
+        &d.lens,
+        inp.softmax_scale,
+        &mut o,
+        &mut lse,
+        &mut status,
+    );
+    if !matches!(&err, Err(Error::Shape { detail, .. }) if detail.contains("lse")) {
+        failures.push(format!("wrong lse shape: {err:?}"));
+    }
+    if DecodeWorkspace::new(gpu, 1, 5, 16).is_ok() {
+        failures.push("S_q = 5 accepted".into());
+    }
+    Ok(CheckReport::new(
+        KERNEL,
+        "bad block ids / lengths / shapes".into(),
+        "failures",
+        failures.len() as f64,
+        0.0,
+    )
+    .require(failures.is_empty(), failures.join("; ")))
+}
+
+/// Runs a decode that must report a bad input: (reported, every output finite).
+fn run_bad(gpu: &Gpu, inp: &DecodeInputs) -> Result<(bool, bool)> {
+    let s = inp.shape;
+    let d = upload(gpu, inp)?;
+    let mut ws = DecodeWorkspace::new(gpu, s.batch, s.q_len, inp.heads)?;
+    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s.q_len, inp.heads, KV_LORA_RANK])?;
+    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s.q_len, inp.heads])?;
+    let mut status = DeviceStatus::new(gpu)?;
+    gpu::paged_decode(
+        gpu,
+        &mut ws,
+        &d.q,
+        &d.cache,
+        &d.table,
+        &d.lens,
+        inp.softmax_scale,
+        &mut o,
+        &mut lse,
+        &mut status,
+    )?;
+    let got = gpu.download(&o)?;
+    let flagged = status.check(gpu, "mla_decode").is_err();
+    // A masked block can leave a row with no visible token (o = 0, lse = -inf): finite o only.
+    Ok((flagged, got.iter().all(|v| v.to_f32().is_finite())))
+}
+
+/// Every case `harness verify` runs. `quick` trims the long contexts.
+pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
+    let mut rng = Rng::fresh();
+    let rng = &mut rng;
+    let case = |seqlens: Vec<usize>, s_q, heads, parts, shared_prefix| DecodeCheck {
+        seqlens,
+        s_q,
+        heads,
+        parts,
+        shared_prefix,
+    };
+    let mut cases = vec![
+        case(vec![1], 1, 128, None, false),
+        case(vec![1, 63, 64, 65], 1, 128, None, false),
+        case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),
+        case(vec![64, 65, 100], 2, 128, Some(1), true),
+        case(vec![700, 5, 1500], 3, 64, Some(37), false),
+        case(vec![4096], 1, 128, None, false),
+        case(vec![4096; 4], 2, 128, None, true),
+    ];
+    if !quick {
+        cases.push(case(vec![8192, 1, 3000, 64], 4, 128, None, false));
+        cases.push(case(
+            (1..=32).map(|i| i * 97).collect(),
+            1,
+            128,
+            None,
+            false,
+        ));
+        cases.push(case(vec![16384], 2, 16, None, false));
+    }
+    let mut out: Vec<Result<CheckReport>> =
+        cases.iter().map(|c| check_decode(gpu, rng, c)).collect();
+    out.push(check_bad_inputs(gpu, rng));
+    out
+}
