@@ -137,6 +137,33 @@ impl KvCacheAllocator {
         Ok(new_len)
     }
 
+    /// Shrinks sequence `seq` to its first `new_len` tokens (speculative decoding rolls rejected
+    /// draft tokens back this way), returning its trailing blocks that no longer hold any of
+    /// them to the free list; returns how many blocks were freed. The kept entries are
+    /// untouched; entries past `new_len` in a kept block are stale and get overwritten by the
+    /// next append. Errors if `seq` is not allocated or `new_len` exceeds its length (then
+    /// nothing changes).
+    pub fn truncate(&mut self, seq: SeqId, new_len: usize) -> Result<usize> {
+        let s = self
+            .seqs
+            .get_mut(&seq)
+            .ok_or_else(|| Error::invalid(OP, format!("sequence {seq} is not allocated")))?;
+        if new_len > s.len {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "cannot truncate sequence {seq} to {new_len} tokens: it has {}",
+                    s.len
+                ),
+            ));
+        }
+        let keep = Self::blocks_for(new_len);
+        let freed: Vec<u32> = s.blocks.drain(keep..).collect();
+        s.len = new_len;
+        self.free.extend(&freed);
+        Ok(freed.len())
+    }
+
     /// Frees sequence `seq`, returning how many blocks went back to the free list.
     pub fn free(&mut self, seq: SeqId) -> Result<usize> {
         let s = self
@@ -209,5 +236,72 @@ impl KvCacheAllocator {
         Ok((0..needed)
             .map(|_| self.free.pop_first().expect("counted above"))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_frees_only_blocks_past_the_new_length() {
+        let mut a = KvCacheAllocator::new(8).unwrap();
+        a.allocate(1, 130).unwrap(); // 3 blocks: 0, 1, 2
+        assert_eq!(a.blocks(1).unwrap(), &[0, 1, 2]);
+        // 129 tokens still need block 2.
+        assert_eq!(a.truncate(1, 129).unwrap(), 0);
+        assert_eq!(a.seq_len(1), Some(129));
+        assert_eq!(a.free_blocks(), 5);
+        // 128 tokens fit in two blocks: block 2 goes back.
+        assert_eq!(a.truncate(1, 128).unwrap(), 1);
+        assert_eq!(a.blocks(1).unwrap(), &[0, 1]);
+        assert_eq!(a.free_blocks(), 6);
+        // Down to 1 token, then to none.
+        assert_eq!(a.truncate(1, 1).unwrap(), 1);
+        assert_eq!(a.blocks(1).unwrap(), &[0]);
+        assert_eq!(a.truncate(1, 0).unwrap(), 1);
+        assert_eq!(a.blocks(1).unwrap(), &[] as &[u32]);
+        assert_eq!(a.free_blocks(), 8);
+        // The sequence stays live and grows again from the lowest free blocks.
+        assert_eq!(a.extend(1, 65).unwrap(), 65);
+        assert_eq!(a.blocks(1).unwrap(), &[0, 1]);
+    }
+
+    #[test]
+    fn truncate_to_the_same_length_is_a_no_op() {
+        let mut a = KvCacheAllocator::new(4).unwrap();
+        a.allocate(7, 64).unwrap();
+        let before = a.clone();
+        assert_eq!(a.truncate(7, 64).unwrap(), 0);
+        assert_eq!(a.blocks(7), before.blocks(7));
+        assert_eq!(a.free_blocks(), before.free_blocks());
+    }
+
+    #[test]
+    fn truncate_rejects_growth_and_unknown_sequences() {
+        let mut a = KvCacheAllocator::new(4).unwrap();
+        a.allocate(0, 10).unwrap();
+        let err = a.truncate(0, 11).unwrap_err().to_string();
+        assert!(err.contains("has 10"), "{err}");
+        assert_eq!(a.seq_len(0), Some(10));
+        let err = a.truncate(3, 0).unwrap_err().to_string();
+        assert!(err.contains("not allocated"), "{err}");
+    }
+
+    #[test]
+    fn truncate_then_extend_reuses_the_freed_blocks_of_a_batch() {
+        // Two sequences interleave their blocks; rolling one back frees its tail for the other.
+        let mut a = KvCacheAllocator::new(6).unwrap();
+        a.allocate(0, 64).unwrap(); // [0]
+        a.allocate(1, 64).unwrap(); // [1]
+        a.extend(0, 70).unwrap(); // [0, 2, 3]
+        a.extend(1, 1).unwrap(); // [1, 4]
+        assert_eq!(a.truncate(0, 64).unwrap(), 2);
+        assert_eq!(a.free_blocks(), 3);
+        a.extend(1, 64).unwrap(); // 129 tokens: one more block, the lowest free one
+        assert_eq!(a.blocks(1).unwrap(), &[1, 4, 2]);
+        a.free(0).unwrap();
+        a.free(1).unwrap();
+        assert_eq!(a.free_blocks(), 6);
     }
 }

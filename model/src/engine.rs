@@ -13,7 +13,7 @@ use kernels::rng::sampling_uniform;
 use mla_attention::{KvCacheAllocator, SeqId};
 
 use crate::config::ModelConfig;
-use crate::cpu::{CpuKvCache, CpuModel, SeqChunk};
+use crate::cpu::{CpuKvCache, CpuModel, MtpOutput, SeqChunk};
 use crate::error::{ModelError, Result};
 
 /// Which logits rows a forward call returns.
@@ -35,20 +35,76 @@ pub trait Backend {
     /// Runs the new tokens of `seqs` (writing them into the KV cache) and returns the logits
     /// rows asked for, [rows, vocab] f32, in sequence order.
     fn forward(&mut self, seqs: &[SeqChunk], rows: LogitRows) -> Result<Vec<f32>>;
+
+    /// [`forward`](Self::forward) that also returns the final hidden states `h_final` of every
+    /// new token ([tokens, hidden], after `model.norm`): the MTP module's input. Backends
+    /// without MTP support keep the default, an error.
+    fn forward_with_hidden(
+        &mut self,
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let _ = (seqs, rows);
+        Err(no_mtp(&self.describe()))
+    }
+
+    /// Whether [`mtp_forward`](Self::mtp_forward) works (the checkpoint has an MTP layer and
+    /// the backend implements it).
+    fn has_mtp(&self) -> bool {
+        false
+    }
+
+    /// Runs the MTP module (spec §3.4) over new positions, writing its own KV cache, which is
+    /// addressed with the main cache's block tables. `seqs[s].ids` are the next tokens
+    /// `t[i+1]` of positions `i = start..`; `hidden` the input hidden state of each (see
+    /// [`CpuModel::mtp_forward`]).
+    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
+        let _ = (hidden, seqs);
+        Err(no_mtp(&self.describe()))
+    }
 }
 
-/// The CPU backend: a [`CpuModel`] and its cache.
+fn no_mtp(backend: &str) -> ModelError {
+    ModelError::request(format!(
+        "the {backend} backend does not run the MTP module (multi-token prediction)"
+    ))
+}
+
+/// The CPU backend: a [`CpuModel`] and its caches.
 #[derive(Debug)]
 pub struct CpuBackend {
     pub model: CpuModel,
     pub cache: CpuKvCache,
+    /// The MTP layer's cache (same block count as `cache`, addressed by the same block
+    /// tables); `None` when the checkpoint has no MTP layer.
+    pub mtp_cache: Option<CpuKvCache>,
 }
 
 impl CpuBackend {
     pub fn new(model: CpuModel, kv_blocks: usize) -> Result<Self> {
         let cache = model.new_cache(kv_blocks)?;
-        Ok(CpuBackend { model, cache })
+        let mtp_cache = if model.mtp().is_empty() {
+            None
+        } else {
+            Some(model.new_mtp_cache(kv_blocks)?)
+        };
+        Ok(CpuBackend {
+            model,
+            cache,
+            mtp_cache,
+        })
     }
+}
+
+/// The rows of `h` ([tokens, hidden]) of each sequence's last new token.
+fn last_rows(h: &[f32], seqs: &[SeqChunk], hidden: usize) -> Vec<f32> {
+    let mut last = Vec::with_capacity(seqs.len() * hidden);
+    let mut end = 0;
+    for s in seqs {
+        end += s.ids.len();
+        last.extend_from_slice(&h[(end - 1) * hidden..][..hidden]);
+    }
+    last
 }
 
 impl Backend for CpuBackend {
@@ -73,17 +129,39 @@ impl Backend for CpuBackend {
         let hidden = self.model.config().hidden_size;
         let h = match rows {
             LogitRows::All => h,
-            LogitRows::Last => {
-                let mut last = Vec::with_capacity(seqs.len() * hidden);
-                let mut end = 0;
-                for s in seqs {
-                    end += s.ids.len();
-                    last.extend_from_slice(&h[(end - 1) * hidden..][..hidden]);
-                }
-                last
-            }
+            LogitRows::Last => last_rows(&h, seqs, hidden),
         };
         self.model.logits(&h)
+    }
+
+    fn forward_with_hidden(
+        &mut self,
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let h = self.model.forward_hidden(seqs, &mut self.cache)?;
+        let logits = match rows {
+            LogitRows::All => self.model.logits(&h)?,
+            LogitRows::Last => {
+                let hidden = self.model.config().hidden_size;
+                self.model.logits(&last_rows(&h, seqs, hidden))?
+            }
+        };
+        Ok((h, logits))
+    }
+
+    fn has_mtp(&self) -> bool {
+        self.mtp_cache.is_some()
+    }
+
+    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
+        match &mut self.mtp_cache {
+            Some(cache) => self.model.mtp_forward(hidden, seqs, cache),
+            None => Err(ModelError::request(
+                "the checkpoint has no MTP layer (num_nextn_predict_layers = 0), so MTP logits \
+                 and speculative decoding are unavailable",
+            )),
+        }
     }
 }
 
@@ -153,10 +231,10 @@ impl GenerationStats {
 
 /// The engine: a backend plus the KV block allocator.
 pub struct Engine<B: Backend> {
-    backend: B,
-    alloc: KvCacheAllocator,
+    pub(crate) backend: B,
+    pub(crate) alloc: KvCacheAllocator,
     next_seq: SeqId,
-    last_stats: GenerationStats,
+    pub(crate) last_stats: GenerationStats,
 }
 
 impl<B: Backend> std::fmt::Debug for Engine<B> {
@@ -237,7 +315,7 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    fn start_sequence(&mut self, tokens: usize) -> Result<SeqId> {
+    pub(crate) fn start_sequence(&mut self, tokens: usize) -> Result<SeqId> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.reserve(KvCacheAllocator::blocks_for(tokens))?;
@@ -256,7 +334,7 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    fn extend(&mut self, seq: SeqId, tokens: usize) -> Result<()> {
+    pub(crate) fn extend(&mut self, seq: SeqId, tokens: usize) -> Result<()> {
         let len = self.alloc.seq_len(seq).unwrap_or(0);
         let have = KvCacheAllocator::blocks_for(len);
         let need = KvCacheAllocator::blocks_for(len + tokens).saturating_sub(have);
@@ -282,6 +360,42 @@ impl<B: Backend> Engine<B> {
         let out = self.backend.forward(&[chunk], LogitRows::All);
         drop(live);
         out
+    }
+
+    /// Logits of every position of `ids` ([len, vocab]) and the MTP module's logits
+    /// ([len - 1, vocab]; row `i` predicts token `i + 2` from position `i` and the given token
+    /// `i + 1`), from empty caches: one main pass, then one MTP pass over all positions.
+    pub fn logits_with_mtp(&mut self, ids: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.check_prompt(ids)?;
+        if !self.backend.has_mtp() {
+            return Err(no_mtp(&self.backend.describe()));
+        }
+        let seq = self.start_sequence(ids.len())?;
+        let live = Live {
+            seqs: vec![seq],
+            alloc: &mut self.alloc,
+        };
+        let blocks = live.alloc.blocks(seq).unwrap_or_default().to_vec();
+        let chunk = SeqChunk {
+            ids,
+            start: 0,
+            blocks: &blocks,
+        };
+        let (h, logits) = self.backend.forward_with_hidden(&[chunk], LogitRows::All)?;
+        if ids.len() < 2 {
+            return Ok((logits, Vec::new()));
+        }
+        let hidden = self.backend.config().hidden_size;
+        let mtp_chunk = SeqChunk {
+            ids: &ids[1..],
+            start: 0,
+            blocks: &blocks,
+        };
+        let mtp = self
+            .backend
+            .mtp_forward(&h[..(ids.len() - 1) * hidden], &[mtp_chunk])?;
+        drop(live);
+        Ok((logits, mtp.logits))
     }
 
     /// Generates for every request together, calling `on_token(request index, id)` as each new

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod reference;
+pub mod speculative;
 pub mod tiny;
 pub mod tokenizer;
 

@@ -181,3 +181,31 @@ fn check_weights_names_a_nan_tensor() {
         stderr(&out)
     );
 }
+
+#[test]
+fn chat_answers_each_stdin_line() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dsv3"))
+        .args(["chat", "--max-new-tokens", "6", "--system", "be brief"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dsv3 chat starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("hello\n\nhow are you?\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One reply per non-empty user line, each ended by a newline (a random-weight reply may
+    // itself contain newline bytes, so at least two).
+    let lines = String::from_utf8_lossy(&out.stdout).matches('\n').count();
+    assert!(
+        lines >= 2,
+        "stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -1,4 +1,6 @@
-//! Reference (plain Rust, the spec written literally): The depth-1 MTP module of spec §3.4.
+//! Reference (plain Rust, the spec written literally) of the depth-1 MTP module of spec §3.4.
 //!
-//! This crate is a skeleton created with the workspace foundation; its reference and kernels
-//! land with the crate's own issue.
+//! The module's forward pass needs a decoder layer, so its reference lives with the CPU backend
+//! (`model::cpu::mtp`, checked against Hugging Face transformers' MTP logits); this crate's
+//! references are the backend-independent pieces: [`crate::distribution`] and
+//! [`crate::acceptance`].

@@ -11,6 +11,7 @@ use super::load::{load_config, load_model, parse_ids, BUILTIN_NOTE};
 use super::{Command, ModelArgs, SamplingArgs};
 use crate::engine::{Backend, Engine, Generation, Request};
 use crate::error::{ModelError, Result};
+use crate::speculative::{self, Drafter, SpecConfig};
 use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 
 /// Runs one command.
@@ -22,13 +23,25 @@ pub fn run(command: Command) -> Result<()> {
             prompt,
             ids,
             json,
-        } => generate(&model, &sampling, prompt.as_deref(), ids.as_deref(), json),
+            mtp,
+            draft_steps,
+        } => {
+            let mtp = mtp.then_some(draft_steps);
+            generate(
+                &model,
+                &sampling,
+                prompt.as_deref(),
+                ids.as_deref(),
+                json,
+                mtp,
+            )
+        }
         Command::Chat {
             model,
             sampling,
             system,
         } => chat(&model, &sampling, system),
-        Command::Logits { model, ids } => logits(&model, &ids),
+        Command::Logits { model, ids, mtp } => logits(&model, &ids, mtp),
         Command::Perplexity {
             model,
             file,
@@ -144,6 +157,7 @@ fn generate(
     prompt: Option<&str>,
     ids: Option<&str>,
     json: bool,
+    mtp: Option<usize>,
 ) -> Result<()> {
     set_threads(m.threads)?;
     let loaded = load_model(m, false)?;
@@ -166,20 +180,30 @@ fn generate(
         stop_ids: stop_ids(&engine, tok.as_ref()),
     };
     let mut streamer = Streamer::new(tok.as_ref());
-    let out: Generation = engine
-        .generate(&[request], |_, id| {
-            if !json {
-                streamer.push(id);
-            }
-        })?
-        .remove(0);
+    let on_token = |_, id| {
+        if !json {
+            streamer.push(id);
+        }
+    };
+    // With --mtp: speculative decoding, `mtp` = (draft steps, statistics).
+    let (out, mtp): (Generation, _) = match mtp {
+        None => (engine.generate(&[request], on_token)?.remove(0), None),
+        Some(d) => {
+            let spec = SpecConfig {
+                draft_steps: d,
+                drafter: Drafter::Mtp,
+            };
+            let (mut g, st) = engine.generate_speculative(&[request], &spec, on_token)?;
+            (g.remove(0), Some((d, st)))
+        }
+    };
     let stats = engine.last_stats();
     if json {
         let text = match &tok {
             Some(t) => t.decode(&out.ids, true)?,
             None => String::new(),
         };
-        let value = json!({
+        let mut value = json!({
             "ids": out.ids,
             "text": text,
             "tokens_per_s": stats.tokens_per_s(),
@@ -189,6 +213,9 @@ fn generate(
             "stop": out.stop,
             "backend": engine.backend().describe(),
         });
+        if let Some((d, st)) = &mtp {
+            value["mtp"] = speculative::stats_json(st, *d);
+        }
         println!("{value}");
     } else {
         streamer.finish()?;
@@ -202,6 +229,9 @@ fn generate(
             stats.decode_tokens_per_s(1),
             engine.backend().describe()
         );
+        if let Some((d, st)) = &mtp {
+            eprintln!("{}", speculative::stats_line(st, *d));
+        }
     }
     Ok(())
 }
@@ -243,7 +273,7 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn logits(m: &ModelArgs, ids: &str) -> Result<()> {
+fn logits(m: &ModelArgs, ids: &str, with_mtp: bool) -> Result<()> {
     set_threads(m.threads)?;
     let ids = parse_ids(ids)?;
     let loaded = load_model(m, true)?;
@@ -252,11 +282,20 @@ fn logits(m: &ModelArgs, ids: &str) -> Result<()> {
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(ids.len()));
     let (mut engine, _) = loaded.into_engine(blocks)?;
     let vocab = engine.config().vocab_size;
-    let logits = engine.logits(&ids)?;
+    let (logits, mtp_logits) = if with_mtp {
+        let (l, m) = engine.logits_with_mtp(&ids)?;
+        (l, Some(m))
+    } else {
+        (engine.logits(&ids)?, None)
+    };
     let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+    let mut value = json!({ "logits": rows });
+    if let Some(m) = &mtp_logits {
+        value["mtp_logits"] = json!(m.chunks_exact(vocab).collect::<Vec<_>>());
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    serde_json::to_writer(&mut out, &json!({ "logits": rows }))
+    serde_json::to_writer(&mut out, &value)
         .map_err(|e| ModelError::request(format!("writing JSON: {e}")))?;
     writeln!(out).map_err(|e| ModelError::io("<stdout>", e))?;
     Ok(())

@@ -79,6 +79,13 @@ pub enum Command {
         /// Print one JSON object {"ids", "text", "tokens_per_s", ...} instead of streaming.
         #[arg(long)]
         json: bool,
+        /// Speculative decoding with the MTP module as the drafter (same greedy output, same
+        /// sampling distribution); prints draft statistics (under "mtp" with --json).
+        #[arg(long)]
+        mtp: bool,
+        /// Drafts per step with --mtp (the MTP module re-applied to its own output).
+        #[arg(long, default_value_t = 1, requires = "mtp")]
+        draft_steps: usize,
     },
     /// Chat with the DeepSeek-V3 chat template, one line per user turn, streaming replies.
     Chat {
@@ -96,6 +103,10 @@ pub enum Command {
         model: ModelArgs,
         #[arg(long)]
         ids: String,
+        /// Also print "mtp_logits": row i is the MTP module's prediction of token i + 2 from
+        /// position i and the given token i + 1 (n - 1 rows).
+        #[arg(long)]
+        mtp: bool,
     },
     /// Perplexity of a text file, in windows of --context tokens.
     Perplexity {

@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod linear;
+pub mod mtp;
 pub mod weights;
 
 use kernels::reference::RopeParams;
@@ -17,6 +18,7 @@ use crate::error::{ModelError, Result};
 
 pub use forward::{Context, SeqChunk};
 use linear::Linear;
+pub use mtp::MtpOutput;
 use weights::{vector, DecoderLayer};
 
 /// Arithmetic of the CPU backend.
