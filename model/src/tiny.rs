@@ -4,9 +4,11 @@
 //! generated deterministically from a seed and written as an ordinary checkpoint directory:
 //! `config.json`, `model.safetensors`, `tokenizer.json` (byte-level) and `tokenizer_config.json`.
 //!
-//! Dimensions that are the K of an FP8 GEMM (hidden 256, q_lora 128, kv_lora 128, moe_inter 128,
+//! Dimensions that are the K of an FP8 GEMM (hidden 256, q_lora 128, kv_lora 512, moe_inter 128,
 //! inter 512, H * v_head 256) are multiples of 128, as the GPU FP8 GEMM requires; N need not be
-//! (kv_a_proj_with_mqa has 128 + 16 = 144 rows, so its scales cover a partial block).
+//! (kv_a_proj_with_mqa has 512 + 64 = 576 rows, so its scales cover a partial block). The MLA
+//! widths are DeepSeek-V3's own (d_c 512, d_rope 64): the CUDA decode kernel and its 576-wide
+//! cache entry are specialised to them.
 //!
 //! Weights: each tensor draws from its own generator, seeded by the seed and the tensor's name,
 //! so a tensor's values do not depend on which other tensors exist. Linear weights are
@@ -63,9 +65,9 @@ pub fn tiny_config() -> ModelConfig {
         moe_layer_freq: 1,
         num_attention_heads: 8,
         q_lora_rank: Some(128),
-        kv_lora_rank: 128,
+        kv_lora_rank: 512,
         qk_nope_head_dim: 32,
-        qk_rope_head_dim: 16,
+        qk_rope_head_dim: 64,
         v_head_dim: 32,
         n_routed_experts: 16,
         n_shared_experts: 1,

@@ -186,7 +186,7 @@ fn tiny_checkpoint_opens_and_every_tensor_is_readable() {
     let kv_a = ckpt
         .fp8_weight("model.layers.1.self_attn.kv_a_proj_with_mqa.weight")
         .unwrap();
-    assert_eq!((kv_a.n, kv_a.k, kv_a.scales.len()), (144, 256, 2 * 2));
+    assert_eq!((kv_a.n, kv_a.k, kv_a.scales.len()), (576, 256, 5 * 2));
     let w = kv_a.dequantize();
     let rms = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     assert!((rms - 1.0 / 16.0).abs() < 0.01, "rms {rms}");
@@ -356,7 +356,7 @@ fn wrong_dtype_is_named() {
 fn wrong_shape_is_named() {
     // Same bytes, transposed shape.
     let name = "model.layers.1.self_attn.kv_a_proj_with_mqa.weight";
-    let dir = write_dir("shape", &mutated(|t| find(t, name).shape = vec![256, 144]));
+    let dir = write_dir("shape", &mutated(|t| find(t, name).shape = vec![256, 576]));
     match open_err(&dir) {
         ModelError::TensorShape {
             name: n,
@@ -364,7 +364,7 @@ fn wrong_shape_is_named() {
             found,
         } => {
             assert_eq!(n, name);
-            assert_eq!((expected, found), (vec![144, 256], vec![256, 144]));
+            assert_eq!((expected, found), (vec![576, 256], vec![256, 576]));
         }
         other => panic!("expected TensorShape, got {other}"),
     }
@@ -376,7 +376,7 @@ fn wrong_shape_is_named() {
     );
     match open_err(&dir) {
         ModelError::TensorShape { name, expected, .. } => {
-            assert_eq!((name.as_str(), expected), (scale, vec![2, 2]));
+            assert_eq!((name.as_str(), expected), (scale, vec![5, 2]));
         }
         other => panic!("expected TensorShape, got {other}"),
     }
@@ -853,7 +853,7 @@ fn deepseek_v2_style_bf16_checkpoint_loads() {
         .unwrap()
     {
         LinearWeight::Bf16 { n, k, w } => {
-            assert_eq!((n, k, w.len()), (8 * 48, 256, 8 * 48 * 256));
+            assert_eq!((n, k, w.len()), (8 * 96, 256, 8 * 96 * 256));
         }
         other => panic!("expected BF16, got {:?}", other.dims()),
     }
