@@ -89,6 +89,7 @@ mod gpu_run {
             ("fp8-gemm", fp8_gemm::checks::all_checks),
             ("moe-dispatch", moe_dispatch::checks::all_checks),
             ("mla-attention", mla_attention::checks::all_checks),
+            ("model", model::cuda::checks::all_checks),
         ]
     }
 

@@ -17,12 +17,19 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod reference;
 pub mod speculative;
 pub mod tiny;
 pub mod tokenizer;
+
+/// The fatbins of this crate's `cuda/*.cu` (empty without the `cuda` feature).
+pub mod cubins {
+    include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
+}
 
 pub use checkpoint::{Checkpoint, Fp8Policy, Fp8Weight, LinearWeight, TensorSpec};
 pub use config::ModelConfig;

@@ -209,3 +209,31 @@ fn chat_answers_each_stdin_line() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `--backend cuda` runs on the CUDA backend when the binary has it and a device is present, and
+/// otherwise exits with the reason (built without the feature, or no device).
+#[test]
+fn backend_cuda_runs_or_says_why_not() {
+    let out = dsv3(&[
+        "generate",
+        "--backend",
+        "cuda",
+        "--ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+    ]);
+    let err = stderr(&out);
+    if out.status.success() {
+        assert!(err.contains("cuda fp8"), "{err}");
+    } else if cfg!(feature = "cuda") {
+        // No device, or one the sm_90a kernels cannot run on.
+        assert!(
+            err.contains("--backend cuda: no CUDA device")
+                || err.contains("--backend cuda: unsupported GPU"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("built without --features cuda"), "{err}");
+    }
+}

@@ -20,15 +20,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::goldens::{fixture, load_goldens};
 use common::{argmax, cosine, rel_frobenius};
 use kernels::reference::sampling::SamplingParams;
 use model::cpu::{CpuModel, Precision};
 use model::engine::{CpuBackend, Engine, Request};
 use model::speculative::{Drafter, SpecConfig};
 use model::Checkpoint;
-use safetensors::{Dtype, SafeTensors};
 
 const EXACT_REL_TOL: f64 = 1e-4;
 /// Cosine that at least `FP8_TYPICAL_SHARE` of the positions must reach.
@@ -37,75 +37,6 @@ const FP8_TYPICAL_SHARE: f64 = 0.9;
 /// Floor for every position (those where a routing flip dominates included).
 const FP8_MIN_COSINE: f64 = 0.95;
 const FP8_MIN_ARGMAX_AGREEMENT: f64 = 0.85;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// One prompt's goldens.
-struct PromptGolden {
-    ids: Vec<u32>,
-    /// [len, vocab]
-    logits: Vec<f32>,
-    /// [len - 1, vocab], V3 only (transformers has no MTP; computed from its modules).
-    mtp_logits: Option<Vec<f32>>,
-}
-
-/// The goldens of one fixture.
-struct Goldens {
-    prompts: Vec<PromptGolden>,
-    greedy_prompt: Vec<u32>,
-    greedy_generated: Vec<u32>,
-}
-
-fn ids_of(st: &SafeTensors, name: &str) -> Vec<u32> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::I64, "{name}");
-    t.data()
-        .chunks_exact(8)
-        .map(|b| {
-            let v = i64::from_le_bytes(b.try_into().unwrap());
-            u32::try_from(v).unwrap()
-        })
-        .collect()
-}
-
-fn f32_of(st: &SafeTensors, name: &str) -> Option<Vec<f32>> {
-    let t = st.tensor(name).ok()?;
-    assert_eq!(t.dtype(), Dtype::F32, "{name}");
-    Some(
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-    )
-}
-
-fn load_goldens(dir: &Path) -> Goldens {
-    let path = dir.join("goldens.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut prompts = Vec::new();
-    for i in 0.. {
-        let name = format!("prompt.{i}.ids");
-        if st.tensor(&name).is_err() {
-            break;
-        }
-        prompts.push(PromptGolden {
-            ids: ids_of(&st, &name),
-            logits: f32_of(&st, &format!("prompt.{i}.logits")).unwrap(),
-            mtp_logits: f32_of(&st, &format!("prompt.{i}.mtp_logits")),
-        });
-    }
-    assert!(prompts.len() >= 3, "{}: too few prompts", path.display());
-    Goldens {
-        prompts,
-        greedy_prompt: ids_of(&st, "greedy.prompt"),
-        greedy_generated: ids_of(&st, "greedy.generated"),
-    }
-}
 
 fn engine(dir: &Path, precision: Precision) -> Engine<CpuBackend> {
     let ckpt = Checkpoint::open(dir).unwrap();

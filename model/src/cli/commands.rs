@@ -7,7 +7,7 @@ use kernels::reference::sampling::SamplingParams;
 use mla_attention::KvCacheAllocator;
 use serde_json::json;
 
-use super::load::{load_config, load_model, parse_ids, BUILTIN_NOTE};
+use super::load::{load_config, load_model, parse_ids, BackendChoice, BUILTIN_NOTE};
 use super::{Command, ModelArgs, SamplingArgs};
 use crate::engine::{Backend, Engine, Generation, Request};
 use crate::error::{ModelError, Result};
@@ -160,7 +160,7 @@ fn generate(
     mtp: Option<usize>,
 ) -> Result<()> {
     set_threads(m.threads)?;
-    let loaded = load_model(m, false)?;
+    let loaded = load_model(&cpu_if_mtp(m, mtp.is_some()), false)?;
     let prompt_ids = match (prompt, ids) {
         (Some(text), _) => {
             require_tokenizer(loaded.tokenizer.as_ref(), "--prompt")?.encode(text, true)?
@@ -273,10 +273,20 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     Ok(())
 }
 
+/// `--backend auto` resolves to the CPU when the command needs the MTP module (the CUDA backend
+/// does not run it); an explicit `--backend cuda` is kept and fails with that reason.
+fn cpu_if_mtp(m: &ModelArgs, needs_mtp: bool) -> ModelArgs {
+    let mut m = m.clone();
+    if needs_mtp && m.backend == BackendChoice::Auto {
+        m.backend = BackendChoice::Cpu;
+    }
+    m
+}
+
 fn logits(m: &ModelArgs, ids: &str, with_mtp: bool) -> Result<()> {
     set_threads(m.threads)?;
     let ids = parse_ids(ids)?;
-    let loaded = load_model(m, true)?;
+    let loaded = load_model(&cpu_if_mtp(m, with_mtp), true)?;
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(ids.len()));

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
-use crate::cpu::CpuModel;
+use crate::cpu::{CpuModel, Precision};
 use crate::engine::{CpuBackend, Engine};
 use crate::error::{ModelError, Result};
 use crate::tiny::{write_tiny, TINY_SEED};
 use crate::tokenizer::Tokenizer;
 use crate::ModelConfig;
 
+use super::backend::AnyBackend;
 use super::ModelArgs;
 
 /// `--backend`.
@@ -23,10 +24,28 @@ pub enum BackendChoice {
     Auto,
 }
 
+/// Loaded weights on the backend `--backend` resolved to.
+#[derive(Debug)]
+pub enum LoadedWeights {
+    Cpu(CpuModel),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaModel, &'static kernels::gpu::Gpu),
+}
+
+impl LoadedWeights {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            LoadedWeights::Cpu(m) => m.config(),
+            #[cfg(feature = "cuda")]
+            LoadedWeights::Cuda(m, _) => m.config(),
+        }
+    }
+}
+
 /// A model ready to serve: weights on the chosen backend plus the tokenizer.
 #[derive(Debug)]
 pub struct LoadedModel {
-    pub model: CpuModel,
+    pub model: LoadedWeights,
     pub tokenizer: Option<Tokenizer>,
     /// What was loaded, for messages (`/path/to/dir`, `built-in tiny model`).
     pub source: String,
@@ -34,9 +53,15 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// An engine with `kv_blocks` blocks of KV cache.
-    pub fn into_engine(self, kv_blocks: usize) -> Result<(Engine<CpuBackend>, Option<Tokenizer>)> {
-        let engine = Engine::new(CpuBackend::new(self.model, kv_blocks)?)?;
-        Ok((engine, self.tokenizer))
+    pub fn into_engine(self, kv_blocks: usize) -> Result<(Engine<AnyBackend>, Option<Tokenizer>)> {
+        let backend = match self.model {
+            LoadedWeights::Cpu(m) => AnyBackend::Cpu(CpuBackend::new(m, kv_blocks)?),
+            #[cfg(feature = "cuda")]
+            LoadedWeights::Cuda(m, gpu) => {
+                AnyBackend::Cuda(crate::cuda::CudaBackend::new(m, gpu, kv_blocks)?)
+            }
+        };
+        Ok((Engine::new(backend)?, self.tokenizer))
     }
 }
 
@@ -53,16 +78,35 @@ impl Drop for Scratch {
 pub const BUILTIN_NOTE: &str = "using the built-in tiny DeepSeek-V3-architecture model: its \
     weights are random, so its text is gibberish (pass --model DIR for a real checkpoint)";
 
-/// Checks that the chosen backend can run here; returns the one to use.
+/// Checks that the chosen backend can run here; returns the one to use (`Cpu` or `Cuda`).
+/// `--backend cuda` fails with the reason (a build without the `cuda` feature, or no usable
+/// device); `auto` picks CUDA when the build has it and a device opens, else CPU.
 pub fn resolve_backend(choice: BackendChoice) -> Result<BackendChoice> {
     match choice {
-        BackendChoice::Cpu | BackendChoice::Auto => Ok(BackendChoice::Cpu),
-        BackendChoice::Cuda => Err(ModelError::request(
-            "--backend cuda: the CUDA backend of the model is not implemented yet (the kernel \
-             crates are; the model still runs them through the CPU references). Use --backend \
-             cpu or auto",
-        )),
+        BackendChoice::Cpu => Ok(BackendChoice::Cpu),
+        BackendChoice::Cuda => cuda_available()
+            .map(|()| BackendChoice::Cuda)
+            .map_err(|why| ModelError::request(format!("--backend cuda: {why}"))),
+        BackendChoice::Auto => Ok(if cuda_available().is_ok() {
+            BackendChoice::Cuda
+        } else {
+            BackendChoice::Cpu
+        }),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_available() -> std::result::Result<(), String> {
+    super::backend::cli_gpu().map(|_| ())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_available() -> std::result::Result<(), String> {
+    Err(
+        "this dsv3 was built without --features cuda (rebuild with `cargo build --release \
+         --features cuda -p model`, or use --backend cpu)"
+            .into(),
+    )
 }
 
 /// Config of `--model DIR`, or of the built-in model.
@@ -77,7 +121,7 @@ pub fn load_config(dir: Option<&Path>) -> Result<ModelConfig> {
 /// progress on stderr unless `quiet`.
 pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
     let (dir, precision) = (args.model.as_deref(), args.precision);
-    resolve_backend(args.backend)?;
+    let backend = resolve_backend(args.backend)?;
     let t0 = Instant::now();
     let (scratch, dir, source) = match dir {
         Some(d) => (None, d.to_path_buf(), d.display().to_string()),
@@ -114,7 +158,8 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
             }
         }
     };
-    let model = CpuModel::load_with_progress(&ckpt, precision, &mut progress)?;
+    let auto = args.backend == BackendChoice::Auto;
+    let model = load_weights(&ckpt, backend, auto, precision, quiet, &mut progress)?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(&dir)?)
     } else {
@@ -122,11 +167,20 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
     };
     drop(scratch);
     if !quiet {
+        let cfg = model.config();
+        let on = match &model {
+            LoadedWeights::Cpu(_) => format!("cpu {}", precision.as_str()),
+            #[cfg(feature = "cuda")]
+            LoadedWeights::Cuda(_, gpu) => format!("cuda fp8 on {}", gpu.info().name),
+        };
         eprintln!(
-            "loaded {source} ({} layers{}, cpu {}) in {:.1} s",
-            model.config().num_hidden_layers,
-            if model.mtp().is_empty() { "" } else { " + MTP" },
-            precision.as_str(),
+            "loaded {source} ({} layers{}, {on}) in {:.1} s",
+            cfg.num_hidden_layers,
+            if ckpt.num_mtp_layers() == 0 || !matches!(model, LoadedWeights::Cpu(_)) {
+                ""
+            } else {
+                " + MTP"
+            },
             t0.elapsed().as_secs_f64()
         );
     }
@@ -135,6 +189,45 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
         tokenizer,
         source,
     })
+}
+
+/// Loads the weights for the resolved backend (`Cpu` or `Cuda`). With `auto`, a checkpoint the
+/// CUDA backend cannot run (BF16 linear weights, MLA widths other than V3's) falls back to the
+/// CPU with a note.
+fn load_weights(
+    ckpt: &Checkpoint,
+    backend: BackendChoice,
+    auto: bool,
+    precision: Precision,
+    quiet: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedWeights> {
+    #[cfg(feature = "cuda")]
+    if backend == BackendChoice::Cuda {
+        let gpu = super::backend::cli_gpu()
+            .map_err(|why| ModelError::request(format!("--backend cuda: {why}")))?;
+        match crate::cuda::CudaModel::load_with_progress(ckpt, gpu, progress) {
+            Ok(model) => {
+                if precision == Precision::Exact && !quiet {
+                    eprintln!(
+                        "note: the CUDA backend computes in fp8 (--precision selects the CPU \
+                         backend's arithmetic)"
+                    );
+                }
+                return Ok(LoadedWeights::Cuda(model, gpu));
+            }
+            Err(e @ ModelError::Config { .. }) if auto => {
+                if !quiet {
+                    eprintln!("note: --backend auto: using the CPU ({e})");
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = (backend, auto, quiet);
+    Ok(LoadedWeights::Cpu(CpuModel::load_with_progress(
+        ckpt, precision, progress,
+    )?))
 }
 
 /// Parses `--ids 1,2,3`.

@@ -3,6 +3,7 @@
 //! Every command runs on a real checkpoint directory (`--model DIR`) or, without `--model`, on
 //! the built-in tiny model, so each works on a fresh machine with no download.
 
+pub mod backend;
 pub mod commands;
 pub mod load;
 
@@ -17,7 +18,7 @@ use load::BackendChoice;
 #[command(
     name = "dsv3",
     version,
-    about = "DeepSeek-V3 inference from Hugging Face checkpoints (CPU reference backend)"
+    about = "DeepSeek-V3 inference from Hugging Face checkpoints (CPU and CUDA backends)"
 )]
 pub struct Cli {
     #[command(subcommand)]

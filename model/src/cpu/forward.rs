@@ -34,6 +34,9 @@ pub struct Context<'a> {
     pub precision: Precision,
     /// Positions must stay below this (the RoPE table length, `max_position_embeddings`).
     pub max_positions: usize,
+    /// Debugging hook: when set, every MoE layer appends its routed expert ids (`[rows, top_k]`,
+    /// best first) here (see [`CpuModel::forward_trace`](super::CpuModel::forward_trace)).
+    pub routing_trace: Option<&'a std::sync::Mutex<Vec<Vec<i32>>>>,
 }
 
 impl Context<'_> {
@@ -139,26 +142,7 @@ impl Attention {
 
         // New cache entries: [RMSNorm(c_kv) ; RoPE(k_pe)].
         let kv = self.kv_a.forward(h)?;
-        let latent: Vec<f32> = kv
-            .chunks_exact(width)
-            .flat_map(|e| &e[..d_c])
-            .copied()
-            .collect();
-        let latent = ctx.norm(&latent, &self.kv_a_norm)?;
-        let mut entries = Vec::with_capacity(tokens * width);
-        for (c, e) in latent.chunks_exact(d_c).zip(kv.chunks_exact(width)) {
-            entries.extend_from_slice(c);
-            entries.extend_from_slice(&e[d_c..]);
-        }
-        let k_layout = RopeLayout {
-            tokens,
-            heads: 1,
-            token_stride: width,
-            head_stride: 0,
-            offset: d_c,
-        };
-        apply_rope(&mut entries, &k_layout, &pos, ctx.rope, ctx.max_positions)?;
-        ctx.store(&mut entries);
+        let entries = cache_entries(ctx, &kv, &self.kv_a_norm, &pos)?;
         let mut t = 0;
         for s in seqs {
             for p in s.start..s.start + s.ids.len() {
@@ -208,6 +192,41 @@ impl Attention {
         ctx.store(&mut o);
         self.o.forward(&o)
     }
+}
+
+/// The cache entries `[tokens, d_c + d_rope]` of new tokens: `[RMSNorm(c_kv) ; RoPE(k_pe, p)]`
+/// from the `kv_a_proj_with_mqa` output `kv` (`[tokens, d_c + d_rope]`) at positions `pos`,
+/// stored as the precision stores (BF16 values in fp8).
+pub fn cache_entries(
+    ctx: &Context,
+    kv: &[f32],
+    kv_a_norm: &[f32],
+    pos: &[i32],
+) -> Result<Vec<f32>> {
+    let d_c = ctx.cfg.kv_lora_rank;
+    let width = d_c + ctx.cfg.qk_rope_head_dim;
+    let tokens = kv.len() / width;
+    let latent: Vec<f32> = kv
+        .chunks_exact(width)
+        .flat_map(|e| &e[..d_c])
+        .copied()
+        .collect();
+    let latent = ctx.norm(&latent, kv_a_norm)?;
+    let mut entries = Vec::with_capacity(tokens * width);
+    for (c, e) in latent.chunks_exact(d_c).zip(kv.chunks_exact(width)) {
+        entries.extend_from_slice(c);
+        entries.extend_from_slice(&e[d_c..]);
+    }
+    let k_layout = RopeLayout {
+        tokens,
+        heads: 1,
+        token_stride: width,
+        head_stride: 0,
+        offset: d_c,
+    };
+    apply_rope(&mut entries, &k_layout, pos, ctx.rope, ctx.max_positions)?;
+    ctx.store(&mut entries);
+    Ok(entries)
 }
 
 /// Softmax attention of one absorbed query head over the first `len` entries of a sequence,
@@ -273,6 +292,12 @@ impl Moe {
         let rows = x.len() / hidden;
         let z = self.gate.forward(x)?;
         let routing = route(&z, self.bias.as_deref(), &self.routing)?;
+        if let Some(trace) = ctx.routing_trace {
+            trace
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(routing.ids.clone());
+        }
 
         // Group the (token, weight) pairs by expert so each expert multiplies all its rows at
         // once (the permute step of the GPU path, without the device layout).

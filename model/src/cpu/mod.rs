@@ -69,6 +69,15 @@ pub struct MtpWeights {
     pub embed: Vec<f32>,
 }
 
+/// What a traced forward call records (CPU [`CpuModel::forward_trace`] and the CUDA backend's
+/// `forward_traced`): the residual stream after the embedding and after each layer
+/// (`[tokens, hidden]` f32 each) and each MoE layer's routed expert ids (`[tokens, top_k]`).
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    pub residuals: Vec<Vec<f32>>,
+    pub routing: Vec<Vec<i32>>,
+}
+
 /// A loaded model on the CPU.
 #[derive(Debug)]
 pub struct CpuModel {
@@ -194,6 +203,7 @@ impl CpuModel {
             softmax_scale: self.softmax_scale,
             precision: self.precision,
             max_positions: self.cfg.max_position_embeddings,
+            routing_trace: None,
         }
     }
 
@@ -220,14 +230,49 @@ impl CpuModel {
     /// Runs the main model over the new tokens of `seqs` (appending them to `cache`) and returns
     /// the final hidden states `h_final` ([tokens, hidden], after `model.norm`).
     pub fn forward_hidden(&self, seqs: &[SeqChunk], cache: &mut CpuKvCache) -> Result<Vec<f32>> {
+        let x = self.run_layers(seqs, cache, None)?;
+        self.context().norm(&x, &self.final_norm)
+    }
+
+    /// The residual stream after the embedding and after each layer (`[tokens, hidden]` each)
+    /// and the routed expert ids of each MoE layer (`[tokens, top_k]`) of a
+    /// [`forward_hidden`](Self::forward_hidden) call: the debugging hook the CUDA tests use to
+    /// name the first layer that diverges and to tell routing near-ties from bugs.
+    pub fn forward_trace(&self, seqs: &[SeqChunk], cache: &mut CpuKvCache) -> Result<Trace> {
+        let mut trace = Trace::default();
+        self.run_layers(seqs, cache, Some(&mut trace))?;
+        Ok(trace)
+    }
+
+    /// Embedding and every main layer over the new tokens of `seqs`: the residual stream before
+    /// the final norm, recording into `trace` when given.
+    fn run_layers(
+        &self,
+        seqs: &[SeqChunk],
+        cache: &mut CpuKvCache,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
         check_chunks(&self.cfg, seqs, cache.num_blocks)?;
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.ids).copied().collect();
         let mut x = self.embed_rows(&self.embed, &ids)?;
-        let ctx = self.context();
+        let routing = std::sync::Mutex::new(Vec::new());
+        let ctx = Context {
+            routing_trace: trace.is_some().then_some(&routing),
+            ..self.context()
+        };
+        if let Some(t) = trace.as_deref_mut() {
+            t.residuals.push(x.clone());
+        }
         for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
             layer.forward(&ctx, &mut x, seqs, layer_cache)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.residuals.push(x.clone());
+            }
         }
-        ctx.norm(&x, &self.final_norm)
+        if let Some(t) = trace {
+            t.routing = routing.into_inner().unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(x)
     }
 
     /// `logits = h_final lm_head^T` for `h` [rows, hidden]: [rows, vocab] f32.

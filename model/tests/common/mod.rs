@@ -1,6 +1,8 @@
 //! Helpers shared by the model crate's integration tests.
 #![allow(dead_code)]
 
+pub mod goldens;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
