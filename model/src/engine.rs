@@ -343,8 +343,13 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Logits of every position of `ids` ([len, vocab]), from an empty cache.
-    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Runs `run` on one new sequence holding `ids` from position 0 (its cache blocks freed
+    /// afterwards, also on error).
+    fn on_fresh_sequence<T>(
+        &mut self,
+        ids: &[u32],
+        run: impl FnOnce(&mut B, &SeqChunk) -> Result<T>,
+    ) -> Result<T> {
         self.check_prompt(ids)?;
         let seq = self.start_sequence(ids.len())?;
         let live = Live {
@@ -357,45 +362,37 @@ impl<B: Backend> Engine<B> {
             start: 0,
             blocks: &blocks,
         };
-        let out = self.backend.forward(&[chunk], LogitRows::All);
-        drop(live);
-        out
+        run(&mut self.backend, &chunk)
+    }
+
+    /// Logits of every position of `ids` ([len, vocab]), from an empty cache.
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.on_fresh_sequence(ids, |backend, chunk| {
+            backend.forward(std::slice::from_ref(chunk), LogitRows::All)
+        })
     }
 
     /// Logits of every position of `ids` ([len, vocab]) and the MTP module's logits
     /// ([len - 1, vocab]; row `i` predicts token `i + 2` from position `i` and the given token
     /// `i + 1`), from empty caches: one main pass, then one MTP pass over all positions.
     pub fn logits_with_mtp(&mut self, ids: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.check_prompt(ids)?;
         if !self.backend.has_mtp() {
             return Err(no_mtp(&self.backend.describe()));
         }
-        let seq = self.start_sequence(ids.len())?;
-        let live = Live {
-            seqs: vec![seq],
-            alloc: &mut self.alloc,
-        };
-        let blocks = live.alloc.blocks(seq).unwrap_or_default().to_vec();
-        let chunk = SeqChunk {
-            ids,
-            start: 0,
-            blocks: &blocks,
-        };
-        let (h, logits) = self.backend.forward_with_hidden(&[chunk], LogitRows::All)?;
-        if ids.len() < 2 {
-            return Ok((logits, Vec::new()));
-        }
-        let hidden = self.backend.config().hidden_size;
-        let mtp_chunk = SeqChunk {
-            ids: &ids[1..],
-            start: 0,
-            blocks: &blocks,
-        };
-        let mtp = self
-            .backend
-            .mtp_forward(&h[..(ids.len() - 1) * hidden], &[mtp_chunk])?;
-        drop(live);
-        Ok((logits, mtp.logits))
+        self.on_fresh_sequence(ids, |backend, chunk| {
+            let (h, logits) =
+                backend.forward_with_hidden(std::slice::from_ref(chunk), LogitRows::All)?;
+            if ids.len() < 2 {
+                return Ok((logits, Vec::new()));
+            }
+            let hidden = backend.config().hidden_size;
+            let mtp_chunk = SeqChunk {
+                ids: &ids[1..],
+                ..*chunk
+            };
+            let mtp = backend.mtp_forward(&h[..(ids.len() - 1) * hidden], &[mtp_chunk])?;
+            Ok((logits, mtp.logits))
+        })
     }
 
     /// Generates for every request together, calling `on_token(request index, id)` as each new
@@ -487,12 +484,25 @@ impl<B: Backend> Engine<B> {
             }
             Ok(())
         })();
+        self.end_batch(seqs, result, &outputs, stats)?;
+        Ok(outputs)
+    }
+
+    /// Frees a finished batch's sequences (whatever `result` says), then passes on its error or
+    /// records its timing.
+    pub(crate) fn end_batch(
+        &mut self,
+        seqs: Vec<SeqId>,
+        result: Result<()>,
+        outputs: &[Generation],
+        mut stats: GenerationStats,
+    ) -> Result<()> {
         for s in seqs {
             let _ = self.alloc.free(s);
         }
         result?;
         stats.generated_tokens = outputs.iter().map(|o| o.ids.len()).sum();
         self.last_stats = stats;
-        Ok(outputs)
+        Ok(())
     }
 }

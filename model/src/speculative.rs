@@ -169,12 +169,7 @@ impl<B: Backend> Engine<B> {
             timing.decode_s = t0.elapsed().as_secs_f64();
             Ok(())
         })();
-        for s in seqs {
-            let _ = self.alloc.free(s);
-        }
-        result?;
-        timing.generated_tokens = outputs.iter().map(|o| o.ids.len()).sum();
-        self.last_stats = timing;
+        self.end_batch(seqs, result, &outputs, timing)?;
         Ok((outputs, stats))
     }
 

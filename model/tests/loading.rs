@@ -1,8 +1,11 @@
 //! Loading the tiny checkpoint, and every way a checkpoint directory can be broken: each one must
 //! give an error that names the file, tensor or key.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use common::TempDir;
+
+use std::path::Path;
 use std::sync::OnceLock;
 
 use half::bf16;
@@ -17,37 +20,6 @@ use model::tiny::{
 };
 use model::{Checkpoint, ModelConfig, ModelError};
 use serde_json::{json, Value};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "dsv3-model-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The tiny model's tensors, generated once.
 fn tiny_tensors() -> &'static [TensorData] {

@@ -3,8 +3,11 @@
 //! tokenizer against goldens from Hugging Face's Python `tokenizers`
 //! (`tests/fixtures/tokenizer/`).
 
+mod common;
+
+use common::TempDir;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use model::tiny::{
@@ -15,41 +18,6 @@ use model::tokenizer::{chat_prompt, ChatMessage, StreamDecoder, Tokenizer, BOS_T
 use model::ModelError;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "dsv3-tokenizer-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
-        std::fs::write(self.file(name), contents).unwrap();
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The tiny model's tokenizer, loaded once from a directory written by `write_tiny` (the
 /// directory is gone afterwards: a loaded tokenizer does not need its files).

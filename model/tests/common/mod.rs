@@ -25,6 +25,14 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
+        std::fs::write(self.file(name), contents).unwrap();
+    }
 }
 
 impl Drop for TempDir {
