@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+pub mod fullwidth;
 pub mod reference;
 pub mod speculative;
 pub mod tiny;

@@ -477,3 +477,62 @@ fn cli_generate_and_logits_with_mtp() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].as_array().unwrap().len(), tiny_config().vocab_size);
 }
+
+#[test]
+fn cli_generate_force_accept_accepts_every_draft() {
+    let args = [
+        "generate",
+        "--backend",
+        "cpu",
+        "--ids",
+        "1,2,3,4,5",
+        "--max-new-tokens",
+        "9",
+        "--json",
+    ];
+    let plain = dsv3(&args);
+    for d in ["1", "2"] {
+        let mut forced = args.to_vec();
+        forced.extend(["--mtp", "--draft-steps", d, "--force-accept"]);
+        let v = dsv3(&forced);
+        assert_eq!(v["ids"], plain["ids"], "D = {d}");
+        let mtp = &v["mtp"];
+        assert_eq!(mtp["acceptance_rate"].as_f64(), Some(1.0), "D = {d}: {mtp}");
+        assert_eq!(mtp["accepted"], mtp["drafted"], "D = {d}");
+        assert!(mtp["drafted"].as_u64().unwrap() >= 1, "D = {d}: {mtp}");
+        assert_eq!(mtp["forced_acceptance"], true);
+        assert!(mtp["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(mtp["baseline_tokens_per_s"].as_f64().unwrap() > 0.0);
+        // 8 tokens after the prefill's first, D + 1 per main-model step.
+        let steps = 8u64.div_ceil(d.parse::<u64>().unwrap() + 1);
+        assert_eq!(mtp["main_steps"].as_u64(), Some(steps), "D = {d}: {mtp}");
+    }
+
+    // Forced acceptance is defined for greedy decoding only.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsv3"))
+        .args([
+            "generate",
+            "--backend",
+            "cpu",
+            "--ids",
+            "1,2,3",
+            "--mtp",
+            "--force-accept",
+            "--temperature",
+            "0.7",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--force-accept") && err.contains("sampling"),
+        "{err}"
+    );
+    // And it needs --mtp.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsv3"))
+        .args(["generate", "--ids", "1,2,3", "--force-accept"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -15,7 +15,7 @@ mod tma;
 pub use cudarc::driver::sys::{
     CUevent_flags as CudaEventFlags, CUtensorMapDataType, CUtensorMapSwizzle,
 };
-pub use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+pub use cudarc::driver::{CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 pub use device::{DeviceInfo, Gpu};
 pub use status::DeviceStatus;
 pub use tensor::{DeviceElement, DeviceTensor};

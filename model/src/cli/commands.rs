@@ -7,7 +7,7 @@ use kernels::reference::sampling::SamplingParams;
 use mla_attention::KvCacheAllocator;
 use serde_json::json;
 
-use super::load::{load_config, load_model, parse_ids, BackendChoice, BUILTIN_NOTE};
+use super::load::{load_config, load_model, parse_ids, BUILTIN_NOTE};
 use super::{Command, ModelArgs, SamplingArgs};
 use crate::engine::{Backend, Engine, Generation, Request};
 use crate::error::{ModelError, Result};
@@ -25,8 +25,12 @@ pub fn run(command: Command) -> Result<()> {
             json,
             mtp,
             draft_steps,
+            force_accept,
         } => {
-            let mtp = mtp.then_some(draft_steps);
+            let mtp = mtp.then_some(MtpArgs {
+                draft_steps,
+                force_accept,
+            });
             generate(
                 &model,
                 &sampling,
@@ -56,7 +60,27 @@ pub fn run(command: Command) -> Result<()> {
             synthetic,
             layers,
             json,
-        } => bench(&model, prompt_len, batch, steps, synthetic, layers, json),
+            out,
+        } => match synthetic {
+            Some(kind) => super::synthetic::bench_synthetic(
+                &kind,
+                &super::synthetic::SyntheticArgs {
+                    layers,
+                    prompt_len,
+                    batch,
+                    steps,
+                    json,
+                    out,
+                },
+            ),
+            None => bench(
+                &model,
+                prompt_len.unwrap_or(128),
+                batch.unwrap_or(1),
+                steps,
+                json,
+            ),
+        },
         Command::MakeTiny { out, seed } => {
             let cfg = crate::tiny::write_tiny(&out, seed)?;
             println!(
@@ -151,16 +175,31 @@ impl Streamer {
     }
 }
 
+/// `generate --mtp` settings.
+#[derive(Clone, Copy, Debug)]
+struct MtpArgs {
+    draft_steps: usize,
+    /// `--force-accept`: drafts = a plain greedy run's ids (100% acceptance).
+    force_accept: bool,
+}
+
 fn generate(
     m: &ModelArgs,
     s: &SamplingArgs,
     prompt: Option<&str>,
     ids: Option<&str>,
     json: bool,
-    mtp: Option<usize>,
+    mtp: Option<MtpArgs>,
 ) -> Result<()> {
     set_threads(m.threads)?;
-    let loaded = load_model(&cpu_if_mtp(m, mtp.is_some()), false)?;
+    if mtp.is_some_and(|a| a.force_accept) && s.temperature > 0.0 {
+        return Err(ModelError::request(format!(
+            "--force-accept measures greedy speculative decoding (the drafts are a plain greedy \
+             run's ids); it cannot be combined with sampling (--temperature {} > 0)",
+            s.temperature
+        )));
+    }
+    let loaded = load_model(m, false)?;
     let prompt_ids = match (prompt, ids) {
         (Some(text), _) => {
             require_tokenizer(loaded.tokenizer.as_ref(), "--prompt")?.encode(text, true)?
@@ -185,16 +224,25 @@ fn generate(
             streamer.push(id);
         }
     };
-    // With --mtp: speculative decoding, `mtp` = (draft steps, statistics).
+    // With --mtp: speculative decoding, `mtp` = (draft steps, statistics). With --force-accept
+    // a plain greedy run first gives the drafts (and the baseline timing).
+    let mut baseline = None;
     let (out, mtp): (Generation, _) = match mtp {
         None => (engine.generate(&[request], on_token)?.remove(0), None),
-        Some(d) => {
+        Some(a) => {
+            let drafter = if a.force_accept {
+                let plain = engine.generate(std::slice::from_ref(&request), |_, _| {})?;
+                baseline = Some(engine.last_stats());
+                Drafter::Oracle(vec![plain[0].ids.clone()])
+            } else {
+                Drafter::Mtp
+            };
             let spec = SpecConfig {
-                draft_steps: d,
-                drafter: Drafter::Mtp,
+                draft_steps: a.draft_steps,
+                drafter,
             };
             let (mut g, st) = engine.generate_speculative(&[request], &spec, on_token)?;
-            (g.remove(0), Some((d, st)))
+            (g.remove(0), Some((a.draft_steps, st)))
         }
     };
     let stats = engine.last_stats();
@@ -215,6 +263,13 @@ fn generate(
         });
         if let Some((d, st)) = &mtp {
             value["mtp"] = speculative::stats_json(st, *d);
+            if let Some(b) = &baseline {
+                value["mtp"]["forced_acceptance"] = json!(true);
+                value["mtp"]["tokens_per_s"] = json!(stats.tokens_per_s());
+                value["mtp"]["decode_tokens_per_s"] = json!(stats.decode_tokens_per_s(1));
+                value["mtp"]["baseline_tokens_per_s"] = json!(b.tokens_per_s());
+                value["mtp"]["baseline_decode_tokens_per_s"] = json!(b.decode_tokens_per_s(1));
+            }
         }
         println!("{value}");
     } else {
@@ -231,6 +286,16 @@ fn generate(
         );
         if let Some((d, st)) = &mtp {
             eprintln!("{}", speculative::stats_line(st, *d));
+        }
+        if let Some(b) = &baseline {
+            eprintln!(
+                "[forced acceptance: speculative {:.1} tokens/s ({:.1} decode), plain greedy \
+                 {:.1} tokens/s ({:.1} decode)]",
+                stats.tokens_per_s(),
+                stats.decode_tokens_per_s(1),
+                b.tokens_per_s(),
+                b.decode_tokens_per_s(1)
+            );
         }
     }
     Ok(())
@@ -273,20 +338,10 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// `--backend auto` resolves to the CPU when the command needs the MTP module (the CUDA backend
-/// does not run it); an explicit `--backend cuda` is kept and fails with that reason.
-fn cpu_if_mtp(m: &ModelArgs, needs_mtp: bool) -> ModelArgs {
-    let mut m = m.clone();
-    if needs_mtp && m.backend == BackendChoice::Auto {
-        m.backend = BackendChoice::Cpu;
-    }
-    m
-}
-
 fn logits(m: &ModelArgs, ids: &str, with_mtp: bool) -> Result<()> {
     set_threads(m.threads)?;
     let ids = parse_ids(ids)?;
-    let loaded = load_model(&cpu_if_mtp(m, with_mtp), true)?;
+    let loaded = load_model(m, true)?;
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(ids.len()));
@@ -430,22 +485,13 @@ fn info(dir: Option<&Path>, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn bench(
     m: &ModelArgs,
     prompt_len: usize,
     batch: usize,
     steps: usize,
-    synthetic: Option<String>,
-    _layers: usize,
     as_json: bool,
 ) -> Result<()> {
-    if let Some(kind) = synthetic {
-        return Err(ModelError::request(format!(
-            "--synthetic {kind}: the full-width synthetic benchmark runs on the CUDA backend, \
-             which is not implemented yet"
-        )));
-    }
     if prompt_len == 0 || batch == 0 || steps == 0 {
         return Err(ModelError::request(
             "--prompt-len, --batch and --steps must be >= 1",

@@ -176,7 +176,7 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
         eprintln!(
             "loaded {source} ({} layers{}, {on}) in {:.1} s",
             cfg.num_hidden_layers,
-            if ckpt.num_mtp_layers() == 0 || !matches!(model, LoadedWeights::Cpu(_)) {
+            if ckpt.num_mtp_layers() == 0 {
                 ""
             } else {
                 " + MTP"

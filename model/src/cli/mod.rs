@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod commands;
 pub mod load;
+pub mod synthetic;
 
 use std::path::PathBuf;
 
@@ -87,6 +88,11 @@ pub enum Command {
         /// Drafts per step with --mtp (the MTP module re-applied to its own output).
         #[arg(long, default_value_t = 1, requires = "mtp")]
         draft_steps: usize,
+        /// Benchmark 100% acceptance (greedy only): run a plain greedy generation first, then
+        /// speculative decoding with its ids as the drafts (the MTP module still runs); prints
+        /// the speculative run's statistics and tokens/s.
+        #[arg(long, requires = "mtp")]
+        force_accept: bool,
     },
     /// Chat with the DeepSeek-V3 chat template, one line per user turn, streaming replies.
     Chat {
@@ -130,22 +136,28 @@ pub enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        /// Prompt length of the prefill measurement.
-        #[arg(long, default_value_t = 128)]
-        prompt_len: usize,
-        /// Sequences decoded together.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
+        /// Prompt length of the prefill measurement (default 128; 4096 with --synthetic).
+        #[arg(long)]
+        prompt_len: Option<usize>,
+        /// Sequences decoded together (default 1; with --synthetic: 1, 32 and 128).
+        #[arg(long)]
+        batch: Option<usize>,
         /// Decode steps measured.
         #[arg(long, default_value_t = 32)]
         steps: usize,
-        /// `full-width`: random FP8 weights at DeepSeek-V3's real dimensions (GPU only).
+        /// `full-width`: random FP8 weights at DeepSeek-V3's real dimensions generated on the GPU
+        /// (1 dense + layers-1 MoE layers, full vocabulary): prefill of 4096 tokens, decode at
+        /// batch 1, 32, 128 over 4096 cached tokens, per-op times and the decode roofline.
         #[arg(long)]
         synthetic: Option<String>,
+        /// Decoder layers of the --synthetic model.
         #[arg(long, default_value_t = 4)]
         layers: usize,
         #[arg(long)]
         json: bool,
+        /// With --synthetic: also write results.json and REPORT.md into this directory.
+        #[arg(long, requires = "synthetic")]
+        out: Option<PathBuf>,
     },
     /// Write the built-in tiny model as a checkpoint directory.
     MakeTiny {

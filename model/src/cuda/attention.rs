@@ -24,6 +24,7 @@ use crate::cpu::SeqChunk;
 use crate::error::Result;
 
 use super::glue::{absorb_output, absorb_query, copy_rows, kv_append};
+use super::profile::{mark, OpMarks};
 use super::weights::{upload, zeros, Fp8Linear, GpuAttention, GpuQuery};
 
 /// Most new tokens per sequence one decode launch takes.
@@ -187,6 +188,8 @@ pub struct AttnCtx<'a> {
     pub rope: &'a RopeTable,
     pub softmax_scale: f32,
     pub plan: &'a CallPlan,
+    /// Op-group timing (`dsv3 bench --synthetic`); `None` in ordinary calls.
+    pub marks: Option<&'a OpMarks<'a>>,
 }
 
 impl GpuAttention {
@@ -223,9 +226,12 @@ impl GpuAttention {
             head_stride: q_head,
             offset: d_nope,
         };
+        mark(ctx.marks, "attn_gemms")?;
         apply_rope(gpu, &mut q, &layout, &plan.positions, ctx.rope, status)?;
+        mark(ctx.marks, "attn_glue")?;
 
         let kv = linear(gpu, &self.kv_a, h)?;
+        mark(ctx.marks, "attn_gemms")?;
         kv_append(
             gpu,
             &kv,
@@ -240,6 +246,7 @@ impl GpuAttention {
 
         let mut q_abs = zeros(gpu, &[tokens, heads, KV_DIM], "absorbed queries")?;
         absorb_query(gpu, &q, &self.w_uk, d_rope, &mut q_abs)?;
+        mark(ctx.marks, "attn_glue")?;
 
         let mut o_lat = zeros(gpu, &[tokens, heads, KV_LORA_RANK], "attention output")?;
         for g in &plan.groups {
@@ -273,6 +280,7 @@ impl GpuAttention {
                 &mut lse,
                 status,
             )?;
+            mark(ctx.marks, "mla_decode")?;
             copy_rows(
                 gpu,
                 &og,
@@ -286,7 +294,10 @@ impl GpuAttention {
 
         let mut o = zeros(gpu, &[tokens, heads * cfg.v_head_dim], "absorbed output")?;
         absorb_output(gpu, &o_lat, &self.w_uv, &mut o)?;
-        linear(gpu, &self.o, &o)
+        mark(ctx.marks, "attn_glue")?;
+        let out = linear(gpu, &self.o, &o)?;
+        mark(ctx.marks, "attn_gemms")?;
+        Ok(out)
     }
 }
 

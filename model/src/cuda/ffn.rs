@@ -19,6 +19,7 @@ use moe_dispatch::gpu::routing::{gate_logits, route};
 use crate::error::Result;
 
 use super::attention::linear_q;
+use super::profile::{mark, OpMarks};
 use super::weights::{zeros, GpuFfn, GpuMlp, GpuMoe};
 
 fn quantize(gpu: &Gpu, x: &DeviceTensor<bf16>) -> Result<Fp8Buffers> {
@@ -46,6 +47,7 @@ impl GpuMoe {
         x: &DeviceTensor<bf16>,
         status: &mut DeviceStatus,
         routing_trace: Option<&mut Vec<Vec<i32>>>,
+        marks: Option<&OpMarks>,
     ) -> Result<DeviceTensor<bf16>> {
         let (tokens, hidden) = (x.shape()[0], x.shape()[1]);
         let (experts, top_k) = (self.routing.num_experts, self.routing.top_k);
@@ -72,6 +74,7 @@ impl GpuMoe {
         let xq = quantize(gpu, x)?;
         let mut a = Fp8Buffers::new(gpu, rows, hidden, ScaleLayout::BlockMajor)?;
         dispatch_fp8(gpu, &xq, &layout.slot, &mut a, status)?;
+        mark(marks, "moe_route_permute")?;
 
         let e = &self.experts;
         let mut gate_up = zeros(gpu, &[rows, 2 * e.inter], "expert gate|up outputs")?;
@@ -98,11 +101,13 @@ impl GpuMoe {
             &mut y,
             status,
         )?;
+        mark(marks, "expert_gemms")?;
 
         let shared = match &self.shared {
             Some(s) => Some(s.forward_q(gpu, &xq)?),
             None => None,
         };
+        mark(marks, "shared_expert")?;
         let mut out = zeros(gpu, &[tokens, hidden], "MoE output")?;
         combine(
             gpu,
@@ -113,23 +118,30 @@ impl GpuMoe {
             &mut out,
             status,
         )?;
+        mark(marks, "combine")?;
         Ok(out)
     }
 }
 
 impl GpuFfn {
     /// The FFN output `[T, hidden]` (before the residual add) of the normed input `x`. With
-    /// `routing_trace`, an MoE layer appends its routed ids `[T, top_k]` (a debugging hook).
+    /// `routing_trace`, an MoE layer appends its routed ids `[T, top_k]` (a debugging hook);
+    /// with `marks`, its op groups are timed.
     pub fn forward(
         &self,
         gpu: &Gpu,
         x: &DeviceTensor<bf16>,
         status: &mut DeviceStatus,
         routing_trace: Option<&mut Vec<Vec<i32>>>,
+        marks: Option<&OpMarks>,
     ) -> Result<DeviceTensor<bf16>> {
         match self {
-            GpuFfn::Dense(mlp) => mlp.forward_q(gpu, &quantize(gpu, x)?),
-            GpuFfn::Moe(moe) => moe.forward(gpu, x, status, routing_trace),
+            GpuFfn::Dense(mlp) => {
+                let y = mlp.forward_q(gpu, &quantize(gpu, x)?)?;
+                mark(marks, "dense_mlp")?;
+                Ok(y)
+            }
+            GpuFfn::Moe(moe) => moe.forward(gpu, x, status, routing_trace, marks),
         }
     }
 }

@@ -20,7 +20,8 @@ use crate::error::Result;
 
 use super::attention::{AttnCtx, CallPlan};
 use super::glue::copy_rows;
-use super::weights::{upload, zeros};
+use super::profile::{mark, OpMarks};
+use super::weights::{upload, zeros, GpuLayer};
 use super::CudaModel;
 
 /// The mutable device state of a backend a call uses.
@@ -29,10 +30,12 @@ pub struct CallState<'a> {
     pub cache: &'a mut [DeviceTensor<bf16>],
     pub workspaces: &'a mut HashMap<(usize, usize), DecodeWorkspace>,
     pub status: &'a mut DeviceStatus,
+    /// Op-group timing (`dsv3 bench --synthetic`); `None` in ordinary calls.
+    pub marks: Option<&'a OpMarks<'a>>,
 }
 
 /// `x <- x + delta` (when there is one), `out = RMSNorm(x, w)`.
-fn add_norm(
+pub(super) fn add_norm(
     gpu: &Gpu,
     x: &mut DeviceTensor<bf16>,
     delta: Option<&DeviceTensor<bf16>>,
@@ -45,6 +48,31 @@ fn add_norm(
         None => rms_norm(gpu, x, w, eps, out)?,
     }
     Ok(())
+}
+
+/// One decoder layer: `x <- x + delta` (the previous layer's FFN output, added by this norm),
+/// attention over `cache`, `x <- x + attention`, then the FFN, whose output is returned for the
+/// next norm to add. `h` is the norm outputs' scratch. Used by the main layers and the MTP layer.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decoder_layer(
+    ctx: &AttnCtx,
+    layer: &GpuLayer,
+    x: &mut DeviceTensor<bf16>,
+    delta: Option<&DeviceTensor<bf16>>,
+    h: &mut DeviceTensor<bf16>,
+    cache: &mut DeviceTensor<bf16>,
+    workspaces: &mut HashMap<(usize, usize), DecodeWorkspace>,
+    status: &mut DeviceStatus,
+    routing: Option<&mut Vec<Vec<i32>>>,
+) -> Result<DeviceTensor<bf16>> {
+    let gpu = ctx.gpu;
+    let eps = ctx.cfg.rms_norm_eps as f32;
+    add_norm(gpu, x, delta, &layer.input_norm, eps, h)?;
+    mark(ctx.marks, "norms")?;
+    let attn = layer.attention.forward(ctx, h, cache, workspaces, status)?;
+    add_norm(gpu, x, Some(&attn), &layer.post_attention_norm, eps, h)?;
+    mark(ctx.marks, "norms")?;
+    layer.ffn.forward(gpu, h, status, routing, ctx.marks)
 }
 
 /// The residual stream `bf16(x + delta)` on the host, in f32 (for the trace).
@@ -85,6 +113,7 @@ impl CudaModel {
         let ids = upload(gpu, &ids, &[tokens], "token ids")?;
         let mut x = zeros(gpu, &[tokens, hidden], "the residual stream")?;
         embedding(gpu, &self.embed, &ids, &mut x, state.status)?;
+        mark(state.marks, "embedding")?;
         let mut h = zeros(gpu, &[tokens, hidden], "norm outputs")?;
         let ctx = AttnCtx {
             gpu,
@@ -92,32 +121,32 @@ impl CudaModel {
             rope: &self.rope,
             softmax_scale: self.softmax_scale,
             plan: &plan,
+            marks: state.marks,
         };
         let mut delta: Option<DeviceTensor<bf16>> = None;
         if let Some(t) = trace.as_deref_mut() {
             t.residuals.push(residual_host(gpu, &x, None)?);
         }
         for (layer, cache) in self.layers.iter().zip(state.cache.iter_mut()) {
-            add_norm(gpu, &mut x, delta.as_ref(), &layer.input_norm, eps, &mut h)?;
-            let attn = layer
-                .attention
-                .forward(&ctx, &h, cache, state.workspaces, state.status)?;
-            add_norm(
-                gpu,
-                &mut x,
-                Some(&attn),
-                &layer.post_attention_norm,
-                eps,
-                &mut h,
-            )?;
             let routing = trace.as_deref_mut().map(|t| &mut t.routing);
-            let out = layer.ffn.forward(gpu, &h, state.status, routing)?;
+            let out = decoder_layer(
+                &ctx,
+                layer,
+                &mut x,
+                delta.as_ref(),
+                &mut h,
+                cache,
+                state.workspaces,
+                state.status,
+                routing,
+            )?;
             if let Some(t) = trace.as_deref_mut() {
                 t.residuals.push(residual_host(gpu, &x, Some(&out))?);
             }
             delta = Some(out);
         }
         add_norm(gpu, &mut x, delta.as_ref(), &self.final_norm, eps, &mut h)?;
+        mark(state.marks, "norms")?;
         Ok(h)
     }
 

@@ -10,14 +10,17 @@
 //! - [`forward`]: the layer loop and lm_head.
 //! - [`checks`]: the `model` suite of `harness verify` (glue kernels, then the whole forward).
 //!
-//! The MTP hooks of [`Backend`] keep their default errors: the CUDA backend does not run the MTP
-//! module (speculative decoding and `logits --mtp` need `--backend cpu`).
+//! - [`mtp`]: the MTP module (spec §3.4) with its own device KV cache, behind the MTP hooks of
+//!   [`Backend`] (speculative decoding and `logits --mtp`).
 
 pub mod attention;
 pub mod checks;
 mod ffn;
 pub mod forward;
 pub mod glue;
+pub mod mtp;
+pub mod profile;
+pub mod synthetic;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -30,11 +33,12 @@ use mla_attention::{BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
-use crate::cpu::{check_chunks, SeqChunk, Trace};
+use crate::cpu::{check_chunks, MtpOutput, SeqChunk, Trace};
 use crate::engine::{Backend, LogitRows};
 use crate::error::{ModelError, Result};
 
 use forward::CallState;
+use mtp::GpuMtp;
 use weights::{alloc_err, bf16_matrix, bf16_vector, zeros, GpuLayer};
 
 /// A loaded model on the GPU.
@@ -49,6 +53,8 @@ pub struct CudaModel {
     final_norm: DeviceTensor<bf16>,
     /// `lm_head.weight` [vocab, hidden] BF16.
     lm_head: DeviceTensor<bf16>,
+    /// The first MTP module, when the checkpoint has one.
+    mtp: Option<Box<GpuMtp>>,
     device: String,
 }
 
@@ -100,10 +106,17 @@ impl CudaModel {
             layers.push(GpuLayer::load(gpu, ckpt, l)?);
             progress(l + 1, cfg.num_hidden_layers);
         }
+        // Only the first MTP module runs (depth 1, as the CPU backend and spec §3.4).
+        let mtp = if ckpt.num_mtp_layers() > 0 {
+            Some(Box::new(GpuMtp::load(gpu, ckpt, cfg.mtp_layer_id(0))?))
+        } else {
+            None
+        };
         Ok(CudaModel {
             softmax_scale: cfg.softmax_scale() as f32,
             final_norm: bf16_vector(gpu, ckpt, "model.norm.weight")?,
             lm_head: bf16_matrix(gpu, ckpt, "lm_head.weight", vocab, hidden)?,
+            mtp,
             device: gpu.info().name.clone(),
             cfg,
             rope,
@@ -115,6 +128,11 @@ impl CudaModel {
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
+
+    /// Whether the MTP module was loaded (the checkpoint has an MTP layer).
+    pub fn has_mtp(&self) -> bool {
+        self.mtp.is_some()
+    }
 }
 
 /// The CUDA backend: a [`CudaModel`], its paged KV cache (`[kv_blocks, 64, 576]` BF16 per layer)
@@ -124,6 +142,9 @@ pub struct CudaBackend<'g> {
     gpu: &'g Gpu,
     model: CudaModel,
     cache: Vec<DeviceTensor<bf16>>,
+    /// The MTP layer's cache (`[kv_blocks, 64, 576]`, addressed by the main block tables);
+    /// `None` when the model has no MTP module.
+    mtp_cache: Option<DeviceTensor<bf16>>,
     kv_blocks: usize,
     status: DeviceStatus,
     workspaces: HashMap<(usize, usize), DecodeWorkspace>,
@@ -144,11 +165,23 @@ impl<'g> CudaBackend<'g> {
                 ),
             )?);
         }
+        let mtp_cache = if model.has_mtp() {
+            Some(zeros(
+                gpu,
+                &[kv_blocks, BLOCK_SIZE, KV_DIM],
+                &format!(
+                    "the KV cache of the MTP layer ({kv_blocks} blocks x 64 tokens x {KV_DIM} bf16)"
+                ),
+            )?)
+        } else {
+            None
+        };
         Ok(CudaBackend {
             gpu,
             status: DeviceStatus::new(gpu).map_err(alloc_err("the status word"))?,
             model,
             cache,
+            mtp_cache,
             kv_blocks,
             workspaces: HashMap::new(),
         })
@@ -187,9 +220,21 @@ impl<'g> CudaBackend<'g> {
         rows: LogitRows,
         trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>> {
+        Ok(self.run_hidden(seqs, rows, trace, false)?.0)
+    }
+
+    /// [`run`](Self::run) that also downloads `h_final` (`[T, hidden]` f32) when `want_hidden`
+    /// (else the second vector is empty).
+    fn run_hidden(
+        &mut self,
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+        trace: Option<&mut Trace>,
+        want_hidden: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         self.check(seqs)?;
         if seqs.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let gpu = self.gpu;
         // A call that failed on the host half-way may have left a code in the status word.
@@ -198,11 +243,17 @@ impl<'g> CudaBackend<'g> {
             cache: &mut self.cache,
             workspaces: &mut self.workspaces,
             status: &mut self.status,
+            marks: None,
         };
         let h = self.model.forward_hidden(gpu, seqs, &mut state, trace)?;
         let logits = self.model.logits(gpu, &h, seqs, rows, &mut self.status)?;
         self.status.check(gpu, "cuda forward")?;
-        Ok(gpu.download(&logits)?)
+        let hidden = if want_hidden {
+            gpu.download(&h)?.iter().map(|v| v.to_f32()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((gpu.download(&logits)?, hidden))
     }
 
     /// [`Backend::forward`] that also returns the [`Trace`] (residual stream after the embedding
@@ -234,5 +285,38 @@ impl Backend for CudaBackend<'_> {
 
     fn forward(&mut self, seqs: &[SeqChunk], rows: LogitRows) -> Result<Vec<f32>> {
         self.run(seqs, rows, None)
+    }
+
+    fn forward_with_hidden(
+        &mut self,
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (logits, h) = self.run_hidden(seqs, rows, None, true)?;
+        Ok((h, logits))
+    }
+
+    fn has_mtp(&self) -> bool {
+        self.mtp_cache.is_some()
+    }
+
+    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
+        self.check(seqs)?;
+        let gpu = self.gpu;
+        let Some(mtp_cache) = self.mtp_cache.as_mut() else {
+            return Err(ModelError::request(
+                "the checkpoint has no MTP layer (num_nextn_predict_layers = 0), so MTP logits \
+                 and speculative decoding are unavailable",
+            ));
+        };
+        self.status.reset(gpu)?;
+        let mut state = CallState {
+            cache: &mut [],
+            workspaces: &mut self.workspaces,
+            status: &mut self.status,
+            marks: None,
+        };
+        self.model
+            .mtp_forward(gpu, hidden, seqs, mtp_cache, &mut state)
     }
 }

@@ -1,0 +1,81 @@
+//! `dsv3 bench --synthetic full-width`: the CLI side of the full-width synthetic benchmark
+//! (the measurements are `crate::cuda::synthetic`, the report `crate::fullwidth`).
+
+use std::path::PathBuf;
+
+use crate::error::{ModelError, Result};
+
+/// The options of `bench` that the synthetic benchmark reads.
+#[derive(Clone, Debug)]
+pub struct SyntheticArgs {
+    pub layers: usize,
+    /// Default [`crate::fullwidth::PROMPT_LEN`].
+    pub prompt_len: Option<usize>,
+    /// Default [`crate::fullwidth::BATCHES`].
+    pub batch: Option<usize>,
+    pub steps: usize,
+    pub json: bool,
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `--synthetic KIND` (only `full-width` exists).
+pub fn bench_synthetic(kind: &str, args: &SyntheticArgs) -> Result<()> {
+    if kind != "full-width" {
+        return Err(ModelError::request(format!(
+            "--synthetic {kind}: unknown benchmark (the one there is: full-width)"
+        )));
+    }
+    // Checks that need no device first, so a bad flag is reported the same way everywhere.
+    crate::fullwidth::full_width_config(args.layers)?;
+    if args.steps == 0 || args.prompt_len == Some(0) || args.batch == Some(0) {
+        return Err(ModelError::request(
+            "--prompt-len, --batch and --steps must be >= 1",
+        ));
+    }
+    run(args)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run(_args: &SyntheticArgs) -> Result<()> {
+    Err(ModelError::request(
+        "--synthetic full-width runs on a CUDA GPU and requires a build with --features cuda \
+         (it generates its random weights on the device): `cargo build --release --features \
+         cuda -p model`",
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn run(args: &SyntheticArgs) -> Result<()> {
+    use crate::cuda::synthetic::{run_full_width, FullWidthOptions};
+    use crate::fullwidth::{write_report, BATCHES, CONTEXT, PROMPT_LEN};
+
+    let gpu = super::backend::cli_gpu().map_err(|why| {
+        ModelError::request(format!(
+            "--synthetic full-width needs a CUDA device (Hopper, sm_90): {why}"
+        ))
+    })?;
+    let opts = FullWidthOptions {
+        layers: args.layers,
+        prompt_len: args.prompt_len.unwrap_or(PROMPT_LEN),
+        context: CONTEXT,
+        batches: args.batch.map_or_else(|| BATCHES.to_vec(), |b| vec![b]),
+        decode_reps: args.steps,
+        prefill_reps: 3,
+        seed: 0x5eed_f011_3d17_u64,
+    };
+    let report = run_full_width(gpu, &opts, &mut |line| eprintln!("{line}"))?;
+    if let Some(dir) = &args.out {
+        write_report(dir, &report)?;
+        eprintln!(
+            "wrote {} and {}",
+            dir.join("results.json").display(),
+            dir.join("REPORT.md").display()
+        );
+    }
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
