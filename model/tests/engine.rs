@@ -4,45 +4,12 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
-use common::{argmax, cosine, rel_frobenius, TempDir};
+use common::tiny::{engine, greedy, prompt};
+use common::{argmax, cosine, rel_frobenius};
 use kernels::reference::sampling::SamplingParams;
-use model::cpu::{CpuModel, Precision};
-use model::engine::{CpuBackend, Engine, Request, StopReason};
-use model::tiny::{write_tiny, TINY_SEED};
-use model::{Checkpoint, ModelError};
-
-fn tiny_model(precision: Precision) -> CpuModel {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = TempDir::new("engine-tiny");
-        write_tiny(d.path(), TINY_SEED).unwrap();
-        d
-    });
-    let ckpt = Checkpoint::open(dir.path()).unwrap();
-    CpuModel::load(&ckpt, precision).unwrap()
-}
-
-fn engine(precision: Precision, kv_blocks: usize) -> Engine<CpuBackend> {
-    Engine::new(CpuBackend::new(tiny_model(precision), kv_blocks).unwrap()).unwrap()
-}
-
-fn greedy(prompt: &[u32], max_new_tokens: usize) -> Request {
-    Request {
-        prompt: prompt.to_vec(),
-        max_new_tokens,
-        sampling: SamplingParams::GREEDY,
-        seed: 0,
-        stop_ids: vec![],
-    }
-}
-
-fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32)
-        .map(|i| (i * 37 + salt * 11 + 5) % 256)
-        .collect()
-}
+use model::cpu::Precision;
+use model::engine::{Request, StopReason};
+use model::ModelError;
 
 #[test]
 fn cached_decode_matches_full_recomputation() {

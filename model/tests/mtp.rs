@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::OnceLock;
 
+use common::tiny::{engine, greedy, prompt, tiny_model};
 use common::{rel_frobenius, TempDir};
 use kernels::reference::sampling::SamplingParams;
 use mla_attention::KvCacheAllocator;
@@ -15,42 +16,8 @@ use model::checkpoint::write_checkpoint;
 use model::cpu::{CpuModel, Precision, SeqChunk};
 use model::engine::{CpuBackend, Engine, Generation, Request, StopReason};
 use model::speculative::{Drafter, SpecConfig};
-use model::tiny::{generate_tensors, tiny_config, write_tiny, TINY_SEED};
+use model::tiny::{generate_tensors, tiny_config, TINY_SEED};
 use model::Checkpoint;
-
-fn tiny_dir() -> &'static TempDir {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = TempDir::new("mtp-tiny");
-        write_tiny(d.path(), TINY_SEED).unwrap();
-        d
-    })
-}
-
-fn tiny_model(precision: Precision) -> CpuModel {
-    let ckpt = Checkpoint::open(tiny_dir().path()).unwrap();
-    CpuModel::load(&ckpt, precision).unwrap()
-}
-
-fn engine(precision: Precision, kv_blocks: usize) -> Engine<CpuBackend> {
-    Engine::new(CpuBackend::new(tiny_model(precision), kv_blocks).unwrap()).unwrap()
-}
-
-fn greedy(prompt: &[u32], max_new_tokens: usize) -> Request {
-    Request {
-        prompt: prompt.to_vec(),
-        max_new_tokens,
-        sampling: SamplingParams::GREEDY,
-        seed: 0,
-        stop_ids: vec![],
-    }
-}
-
-fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32)
-        .map(|i| (i * 37 + salt * 11 + 5) % 256)
-        .collect()
-}
 
 fn spec(draft_steps: usize, drafter: Drafter) -> SpecConfig {
     SpecConfig {

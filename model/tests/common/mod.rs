@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod goldens;
+pub mod tiny;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
