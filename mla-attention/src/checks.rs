@@ -102,22 +102,21 @@ fn upload(gpu: &Gpu, inp: &DecodeInputs) -> Result<Uploaded> {
     })
 }
 
-/// Runs the kernel on fresh random inputs and compares with the reference.
-pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckReport> {
-    let (s_q, heads) = (c.s_q, c.heads);
-    let inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
+/// Uploads `inp` and runs the decode into poisoned outputs; returns o_lat and lse on the host
+/// and the status word, not yet checked.
+fn launch(
+    gpu: &Gpu,
+    inp: &DecodeInputs,
+    ws: &mut DecodeWorkspace,
+) -> Result<(Vec<bf16>, Vec<f32>, DeviceStatus)> {
     let s = inp.shape;
-    let d = upload(gpu, &inp)?;
-    let mut ws = match c.parts {
-        Some(p) => DecodeWorkspace::with_parts(gpu, s.batch, s_q, heads, p)?,
-        None => DecodeWorkspace::new(gpu, s.batch, s_q, heads)?,
-    };
-    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s_q, heads, KV_LORA_RANK])?;
-    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s_q, heads])?;
+    let d = upload(gpu, inp)?;
+    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s.q_len, inp.heads, KV_LORA_RANK])?;
+    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s.q_len, inp.heads])?;
     let mut status = DeviceStatus::new(gpu)?;
     gpu::paged_decode(
         gpu,
-        &mut ws,
+        ws,
         &d.q,
         &d.cache,
         &d.table,
@@ -127,8 +126,19 @@ pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckRe
         &mut lse,
         &mut status,
     )?;
-    let got_o = gpu.download(&o)?;
-    let got_lse = gpu.download(&lse)?;
+    Ok((gpu.download(&o)?, gpu.download(&lse)?, status))
+}
+
+/// Runs the kernel on fresh random inputs and compares with the reference.
+pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckReport> {
+    let (s_q, heads) = (c.s_q, c.heads);
+    let inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
+    let s = inp.shape;
+    let mut ws = match c.parts {
+        Some(p) => DecodeWorkspace::with_parts(gpu, s.batch, s_q, heads, p)?,
+        None => DecodeWorkspace::new(gpu, s.batch, s_q, heads)?,
+    };
+    let (got_o, got_lse, mut status) = launch(gpu, &inp, &mut ws)?;
     status.check(gpu, "mla_decode")?;
     let (sched, offsets) = ws.download_schedule(gpu)?;
     let schedule = check_schedule(&sched, &offsets, &c.seqlens, ws.parts());
@@ -371,24 +381,8 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
 /// Runs a decode that must report a bad input: (reported, every output finite).
 fn run_bad(gpu: &Gpu, inp: &DecodeInputs) -> Result<(bool, bool)> {
     let s = inp.shape;
-    let d = upload(gpu, inp)?;
     let mut ws = DecodeWorkspace::new(gpu, s.batch, s.q_len, inp.heads)?;
-    let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s.q_len, inp.heads, KV_LORA_RANK])?;
-    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s.q_len, inp.heads])?;
-    let mut status = DeviceStatus::new(gpu)?;
-    gpu::paged_decode(
-        gpu,
-        &mut ws,
-        &d.q,
-        &d.cache,
-        &d.table,
-        &d.lens,
-        inp.softmax_scale,
-        &mut o,
-        &mut lse,
-        &mut status,
-    )?;
-    let got = gpu.download(&o)?;
+    let (got, _, mut status) = launch(gpu, inp, &mut ws)?;
     let flagged = status.check(gpu, "mla_decode").is_err();
     // A masked block can leave a row with no visible token (o = 0, lse = -inf): finite o only.
     Ok((flagged, got.iter().all(|v| v.to_f32().is_finite())))
