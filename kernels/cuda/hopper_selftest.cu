@@ -6,6 +6,8 @@
 //                               dyn smem 64*64*2 + 1024                dst = src (bf16)
 //   hopper_wgmma_bf16_selftest  grid 1, block 128, dyn smem 2*64*128 + 1024   d = a * b^T
 //   hopper_wgmma_e4m3_selftest  grid 1, block 128, dyn smem 2*64*128 + 1024   d = a * b^T
+//   hopper_wgmma_bf16_tn_selftest  grid 1, block 128, dyn smem 2*64*128 + 1024  d = a * b
+//                               (b [k, 64] row-major: the N-major "transposed" B operand)
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -44,11 +46,17 @@ __device__ __forceinline__ void store_acc_64x64(float* d, const float (&acc)[32]
   }
 }
 
-// Shared body of the two wgmma tests. Each K chunk is 128 bytes per row (64 bf16 or 128 e4m3),
-// consumed as 4 MMAs of 32 bytes of K each. kBf16 picks m64n64k16 bf16 vs m64n64k32 e4m3.
-template <bool kBf16>
+// Which wgmma the shared test body issues.
+enum class WgmmaTest { kBf16, kE4m3, kBf16TransB };
+
+// Shared body of the wgmma tests. Each K chunk of A is 128 bytes per row (64 bf16 or 128 e4m3),
+// consumed as 4 MMAs of 32 bytes of K each. B is K-major like A ([64, k] rows), except for
+// kBf16TransB: B is [k, 64] row-major, so a chunk is 64 K rows of 128 bytes (64 N values each) and
+// one k16 MMA consumes 16 of those rows (2048 bytes) through an N-major descriptor.
+template <WgmmaTest kTest>
 __device__ __forceinline__ void wgmma_selftest_body(const uint8_t* a, const uint8_t* b, float* d,
                                                     int k) {
+  constexpr bool kBf16 = kTest != WgmmaTest::kE4m3;
   extern __shared__ __align__(16) uint8_t dyn_smem[];
   uint8_t* smem_a = dsv3::smem_align_up<1024>(dyn_smem);
   uint8_t* smem_b = smem_a + kTileBytes;
@@ -64,7 +72,11 @@ __device__ __forceinline__ void wgmma_selftest_body(const uint8_t* a, const uint
 
   for (int c = 0; c < chunks; ++c) {
     load_chunk_swizzled(smem_a, a + static_cast<size_t>(c) * kRowBytes, row_bytes);
-    load_chunk_swizzled(smem_b, b + static_cast<size_t>(c) * kRowBytes, row_bytes);
+    if constexpr (kTest == WgmmaTest::kBf16TransB) {
+      load_chunk_swizzled(smem_b, b + static_cast<size_t>(c) * kTileBytes, kRowBytes);
+    } else {
+      load_chunk_swizzled(smem_b, b + static_cast<size_t>(c) * kRowBytes, row_bytes);
+    }
     // Generic-proxy smem writes -> visible to wgmma (async proxy), then to the whole warpgroup.
     dsv3::fence_proxy_async_shared();
     __syncthreads();
@@ -75,11 +87,16 @@ __device__ __forceinline__ void wgmma_selftest_body(const uint8_t* a, const uint
     for (int s = 0; s < 4; ++s) {
       // 32 bytes of K per MMA inside the 128-byte swizzled row.
       const uint64_t desc_a = dsv3::make_smem_desc_k_sw128(addr_a + s * 32);
-      const uint64_t desc_b = dsv3::make_smem_desc_k_sw128(addr_b + s * 32);
       const bool accumulate = (c > 0) || (s > 0);
-      if constexpr (kBf16) {
+      if constexpr (kTest == WgmmaTest::kBf16TransB) {
+        // N = 64 is one MN block, so the block stride (leading byte offset) is never stepped.
+        const uint64_t desc_b = dsv3::make_smem_desc_mn_sw128(addr_b + s * 2048, kTileBytes);
+        dsv3::wgmma_m64nNk16_bf16<64, true>(acc, desc_a, desc_b, accumulate);
+      } else if constexpr (kTest == WgmmaTest::kBf16) {
+        const uint64_t desc_b = dsv3::make_smem_desc_k_sw128(addr_b + s * 32);
         dsv3::wgmma_m64n64k16_bf16(acc, desc_a, desc_b, accumulate);
       } else {
+        const uint64_t desc_b = dsv3::make_smem_desc_k_sw128(addr_b + s * 32);
         dsv3::wgmma_m64n64k32_e4m3(acc, desc_a, desc_b, accumulate);
       }
     }
@@ -174,13 +191,21 @@ extern "C" __global__ void hopper_tma_tile_selftest(const __grid_constant__ CUte
 // grid 1, block 128, dynamic smem 2*64*128 + 1024 bytes; k a multiple of 64; a, b 16-byte aligned.
 extern "C" __global__ void hopper_wgmma_bf16_selftest(const __nv_bfloat16* a,
                                                       const __nv_bfloat16* b, float* d, int k) {
-  wgmma_selftest_body<true>(reinterpret_cast<const uint8_t*>(a),
-                            reinterpret_cast<const uint8_t*>(b), d, k);
+  wgmma_selftest_body<WgmmaTest::kBf16>(reinterpret_cast<const uint8_t*>(a),
+                                        reinterpret_cast<const uint8_t*>(b), d, k);
+}
+
+// d[64,64] = a[64,k] * b[k,64], bf16 in, f32 out, via wgmma m64n64k16 with B N-major ("trans-b",
+// the layout the MLA decode kernel's P . V uses). Same launch as hopper_wgmma_bf16_selftest.
+extern "C" __global__ void hopper_wgmma_bf16_tn_selftest(const __nv_bfloat16* a,
+                                                         const __nv_bfloat16* b, float* d, int k) {
+  wgmma_selftest_body<WgmmaTest::kBf16TransB>(reinterpret_cast<const uint8_t*>(a),
+                                              reinterpret_cast<const uint8_t*>(b), d, k);
 }
 
 // d[64,64] = a[64,k] * b[64,k]^T, e4m3 in, f32 out, via wgmma m64n64k32 from swizzled smem.
 // grid 1, block 128, dynamic smem 2*64*128 + 1024 bytes; k a multiple of 128; a, b 16-byte aligned.
 extern "C" __global__ void hopper_wgmma_e4m3_selftest(const uint8_t* a, const uint8_t* b, float* d,
                                                       int k) {
-  wgmma_selftest_body<false>(a, b, d, k);
+  wgmma_selftest_body<WgmmaTest::kE4m3>(a, b, d, k);
 }

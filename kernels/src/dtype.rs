@@ -88,6 +88,8 @@ pub enum DType {
     E4m3,
     I32,
     U32,
+    /// Raw bytes (a record layout such as the 656-byte FP8 MLA cache entry).
+    U8,
 }
 
 impl DType {
@@ -95,7 +97,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::Bf16 | DType::F16 => 2,
-            DType::E4m3 => 1,
+            DType::E4m3 | DType::U8 => 1,
         }
     }
 
@@ -107,6 +109,7 @@ impl DType {
             DType::E4m3 => "e4m3",
             DType::I32 => "i32",
             DType::U32 => "u32",
+            DType::U8 => "u8",
         }
     }
 }
@@ -139,6 +142,9 @@ impl Element for i32 {
 }
 impl Element for u32 {
     const DTYPE: DType = DType::U32;
+}
+impl Element for u8 {
+    const DTYPE: DType = DType::U8;
 }
 
 /// Floating-point activations the references compute on: loaded as f32, rounded once on store

@@ -95,6 +95,8 @@ mod gpu {
         assert_pass(checks::check_tma_tile(g, rng, 64, 64));
         assert_pass(checks::check_wgmma_bf16(g, rng, 64));
         assert_pass(checks::check_wgmma_bf16(g, rng, 512));
+        assert_pass(checks::check_wgmma_bf16_trans_b(g, rng, 64));
+        assert_pass(checks::check_wgmma_bf16_trans_b(g, rng, 576));
         assert_pass(checks::check_wgmma_e4m3(g, rng, 128));
         assert_pass(checks::check_wgmma_e4m3(g, rng, 512));
     }

@@ -1,8 +1,9 @@
-// Absorbed-weight MLA decode attention over the paged BF16 KV cache (spec §3.1, §5). The
-// contract is mla-attention/src/reference/paged.rs (`paged_decode`); the launch wrappers and the
-// host-side shape checks are mla-attention/src/gpu.rs.
+// Absorbed-weight MLA decode attention over the paged KV cache (spec §3.1, §5), BF16 or FP8
+// entries. The contract is mla-attention/src/reference/paged.rs (`paged_decode`) and, for the FP8
+// cache, reference/fp8_cache.rs (`paged_decode_fp8`); the launch wrappers and the host-side shape
+// checks are mla-attention/src/gpu.rs.
 //
-// Three kernels, all graph-capturable (no host round trip between them):
+// Four kernels, all graph-capturable (no host round trip between them):
 //
 // 1. mla_decode_plan (one thread): the split-KV schedule from cache_seqlens, FlashMLA-style. The
 //    work of sequence b is n_b = ceil(len_b / 64) KV blocks plus a fixed overhead kFixedCost
@@ -13,20 +14,24 @@
 //    number its splits. Lengths outside [S_q, max_blocks * 64] record kStatusMlaOutOfRange and are
 //    clamped into [0, max_blocks * 64] (so no table entry past the row is ever read).
 //
-// 2. mla_decode_bf16: grid (row_tiles, num_parts), 256 threads, 1 CTA / SM, 225 KiB shared.
-//    The S_q * H query rows of a sequence (row = i * H + h, contiguous in q) are the M dimension,
-//    cut into 64-row tiles. Per (part, sequence) the CTA holds the Q tile [64, 576] in shared
-//    memory and streams the part's KV blocks [64 tokens, 576] through a 2-stage cp.async ring
-//    (the next block's load overlaps the current block's math). 8 warps = 4 row groups (16 rows)
-//    x 2 halves; warp (g, c):
-//      S = Q[16 rows] . K[tokens 32c .. 32c + 32]^T over all 576 columns (mma.sync m16n8k16 BF16,
-//          f32 accumulate, ldmatrix from an XOR-swizzled tile: conflict-free);
+// 2. mla_decode_bf16 / mla_decode_fp8: grid (row_tiles, num_parts), 256 threads = 2 warpgroups,
+//    1 CTA / SM. The S_q * H query rows of a sequence (row = i * H + h, contiguous in q) are the M
+//    dimension, cut into 64-row tiles (one wgmma M). Per (part, sequence) the CTA holds the Q tile
+//    [64, 576] in shared memory and streams the part's KV blocks [64 tokens, 576] through it:
+//      BF16 cache: a 2-stage cp.async ring of BF16 tiles (block j + 1 loads during block j's math);
+//      FP8 cache: one staging buffer of raw 656-byte entries (block j + 1 loads during block j's
+//        math) that the CTA dequantizes (e4m3 * scale, rounded to BF16 once, as
+//        reference::decode_cache_bf16) into a single BF16 tile; the math is then the same.
+//    Warpgroup c (of 2) and its warp w (of 4, rows 16w .. 16w + 16):
+//      S[64 rows, tokens 32c .. 32c + 32] = Q . K^T over all 576 columns: wgmma m64n32k16, both
+//          operands K-major from 128B-swizzled shared memory (36 k-steps);
 //      online softmax in f32 (base-2 exponent, scores pre-multiplied by scale * log2 e); the two
-//          halves exchange their row maxima through shared memory (both then track the same
-//          running max, so the row sums stay per-half and are added once at the end);
-//      P (BF16) goes to shared memory so each warp sees all 64 tokens of its rows;
-//      O[16 rows, 256 columns 256c ..] += P[16, 64] . V[64, 256] (V = the first 512 columns of
-//          the same KV tile, ldmatrix.trans).
+//          warpgroups exchange their row maxima through shared memory (both then track the same
+//          running max, so the row sums stay per-warpgroup and are added once at the end);
+//      P (BF16) goes to shared memory (K-major, 128B swizzle) so each warpgroup sees all 64 tokens;
+//      O[64 rows, columns 256c .. 256c + 256] += P[64, 64] . V[64, 256]: wgmma m64n256k16 with V
+//          (the first 512 columns of the same KV tile, [token, column] rows) as an N-major
+//          ("transposed") B operand, 4 k-steps.
 //    Tokens past the row's causal limit (query i sees positions < len - S_q + i + 1) are masked;
 //    slots past len are zero-filled, never read. A block id outside [0, num_blocks) records
 //    kStatusMlaOutOfRange, its tokens are masked and nothing is read from it.
@@ -38,8 +43,16 @@
 //
 // Empty softmax (a split that sees no visible token of a row): partial o = 0, lse = -inf; the
 // combine gives it weight 0.
+//
+// Shared-memory tiles. Every [64 rows, 576 columns] BF16 tile (Q, KV) is stored as 9 column
+// blocks of [64 rows, 64 columns]: 128-byte rows, 128B-swizzled (16-byte chunk index XOR row % 8),
+// 8 KiB per block, each block 1024-byte aligned. That one layout is at once the K-major operand
+// layout wgmma wants for Q and K (k16 step = +32 bytes inside a row, next 64 columns = next block)
+// and the N-major one for V (row = token = the K index of P . V; 64 value columns per block).
+// The P tile [64 rows, 64 tokens] is one such block.
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -53,53 +66,43 @@ namespace mla {
 constexpr int kBlockSize = 64;    // tokens per cache block
 constexpr int kKvDim = 576;       // [c_kv (512) ; k_pe (64)]
 constexpr int kVDim = 512;        // value width (first 512 columns)
-constexpr int kRowsPerTile = 64;  // query rows per CTA
-constexpr int kThreads = 256;
-constexpr int kChunks = kKvDim * 2 / 16;  // 16-byte chunks per row: 72
-constexpr int kRowBytes = kKvDim * 2;     // 1152
-constexpr int kTileBytes = kRowsPerTile * kRowBytes;  // 73728 (Q tile and one KV stage)
-constexpr int kStages = 2;
-constexpr int kPBytes = kRowsPerTile * kBlockSize * 2;  // 8192: P [64 rows, 64 tokens] BF16
-constexpr int kRedBytes = 2 * 2 * kRowsPerTile * 4;     // row max / row sum of both halves
-constexpr int kSmemBytes = kTileBytes * (1 + kStages) + kPBytes + kRedBytes;  // 230400
+constexpr int kRowsPerTile = 64;  // query rows per CTA = wgmma M
+constexpr int kThreads = 256;     // 2 warpgroups
+constexpr int kChunks = kKvDim * 2 / 16;             // 16-byte chunks per row: 72
+constexpr int kColBlockBytes = 64 * 128;             // one [64 rows, 64 columns] block: 8192
+constexpr int kTileBytes = kChunks / 8 * kColBlockBytes;  // 9 blocks: 73728
+constexpr int kPBytes = kColBlockBytes;              // P [64 rows, 64 tokens] BF16
+constexpr int kRedBytes = 2 * 2 * kRowsPerTile * 4;  // row max / row sum of both warpgroups
+constexpr int kAlignSlack = 1024;  // dynamic smem is only 16-byte aligned; tiles need 1024
+
+// FP8 cache entry (reference/fp8_cache.rs): 512 e4m3 codes, 4 f32 scales (one per 128 latent
+// values), 64 BF16 rope values.
+constexpr int kFp8EntryBytes = 656;
+constexpr int kFp8ScalesOffset = 512;
+constexpr int kFp8RopeOffset = 528;
+constexpr int kFp8EntryChunks = kFp8EntryBytes / 16;  // 41
+constexpr int kFp8StageBytes = kBlockSize * kFp8EntryBytes;  // 41984
+
+// BF16: Q + 2 KV stages. FP8: Q + 1 BF16 KV tile + 1 raw staging buffer (two of each would not
+// fit in 227 KiB).
+constexpr int kSmemBf16 = kTileBytes * 3 + kPBytes + kRedBytes + kAlignSlack;  // 231424
+constexpr int kSmemFp8 = kTileBytes * 2 + kFp8StageBytes + kPBytes + kRedBytes + kAlignSlack;
+
 constexpr int kFixedCost = 5;  // scheduler overhead per (part, sequence) piece, in KV blocks
 constexpr int kSchedInts = 5;  // begin_b, begin_block, begin_split, end_b, end_block
 constexpr float kLn2 = 0.6931471805599453f;
 
-static_assert(kChunks % 8 == 0, "the XOR swizzle permutes chunks within groups of 8");
-static_assert(kSmemBytes <= 232448, "over the 227 KiB opt-in limit of sm_90");
+static_assert(kChunks % 8 == 0, "tiles are whole 64-column blocks");
+static_assert(kFp8EntryBytes % 16 == 0, "FP8 entries are copied in 16-byte chunks");
+static_assert(kSmemBf16 <= 232448 && kSmemFp8 <= 232448, "over the 227 KiB opt-in limit of sm_90");
 
-// Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows, 72 chunks] tile.
+// Byte offset of 16-byte chunk `c` (columns 8c .. 8c + 8) of row `r` in a [64 rows, 576] tile.
 __device__ __forceinline__ uint32_t tile_off(int r, int c) {
-  return static_cast<uint32_t>(r * kRowBytes + ((c ^ (r & 7)) << 4));
+  return static_cast<uint32_t>((c >> 3) * kColBlockBytes + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 // Same for the P tile [64 rows, 8 chunks].
 __device__ __forceinline__ uint32_t p_off(int r, int c) {
   return static_cast<uint32_t>(r * 128 + ((c ^ (r & 7)) << 4));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// D (16x8 f32) += A (16x16 bf16, row) . B (16x8 bf16, col).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
@@ -170,26 +173,100 @@ extern "C" __global__ void mla_decode_plan(const int* __restrict__ cache_seqlens
   }
 }
 
-// grid (row_tiles, num_parts), kThreads threads, kSmemBytes dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(kThreads, 1)
-    mla_decode_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ cache,
-                    const int* __restrict__ block_table, const int* __restrict__ sched,
-                    const int* __restrict__ split_offsets, const int* __restrict__ lens,
-                    __nv_bfloat16* __restrict__ o_lat, float* __restrict__ lse,
-                    float* __restrict__ o_accum, float* __restrict__ lse_accum, int* status,
-                    int s_q, int heads, int max_blocks, int num_blocks, float scale_log2) {
+
+// ---------------------------------------------------------------------------------------------
+// KV block loads (cp.async; the caller commits the group)
+// ---------------------------------------------------------------------------------------------
+
+// BF16 cache: the first `tokens` entries of block `id` into the swizzled tile `dst`; the rest of
+// the tile is zero-filled without reading.
+__device__ __forceinline__ void load_kv_bf16(uint8_t* dst, const __nv_bfloat16* cache, int id,
+                                             int tokens, int tid) {
+  const __nv_bfloat16* blk = cache + static_cast<long long>(id) * kBlockSize * kKvDim;
+  for (int idx = tid; idx < kBlockSize * kChunks; idx += kThreads) {
+    const int t = idx / kChunks, c = idx % kChunks;
+    const bool ok = t < tokens;
+    const __nv_bfloat16* src = ok ? blk + t * kKvDim + c * 8 : cache;
+    cp_async_16(dst + tile_off(t, c), src, ok ? 16u : 0u);
+  }
+}
+
+// FP8 cache: the raw 656-byte entries of block `id` into the linear staging buffer [64, 656];
+// slots past `tokens` are zero-filled (codes and scales 0, so they dequantize to 0).
+__device__ __forceinline__ void load_kv_fp8_raw(uint8_t* staging, const uint8_t* cache, int id,
+                                                int tokens, int tid) {
+  const uint8_t* blk = cache + static_cast<long long>(id) * kBlockSize * kFp8EntryBytes;
+  for (int idx = tid; idx < kBlockSize * kFp8EntryChunks; idx += kThreads) {
+    const int t = idx / kFp8EntryChunks, c = idx % kFp8EntryChunks;
+    const bool ok = t < tokens;
+    const uint8_t* src = ok ? blk + t * kFp8EntryBytes + c * 16 : cache;
+    cp_async_16(staging + t * kFp8EntryBytes + c * 16, src, ok ? 16u : 0u);
+  }
+}
+
+// Two e4m3 codes (low byte first) -> two floats, exactly (e4m3 -> f16 is exact).
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t codes) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(codes, __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// Dequantizes the staged entries into the BF16 tile: latent value k of a token becomes
+// bf16(e4m3(code_k) * scale_{k / 128}) (f32 product, one rounding: reference::decode_cache_bf16);
+// the rope values are copied.
+__device__ __forceinline__ void dequant_fp8_tile(uint8_t* tile, const uint8_t* staging, int tid) {
+  for (int idx = tid; idx < kBlockSize * kChunks; idx += kThreads) {
+    const int t = idx / kChunks, c = idx % kChunks;  // chunk c = columns 8c .. 8c + 8
+    const uint8_t* entry = staging + t * kFp8EntryBytes;
+    uint4 out;
+    if (c < kVDim / 8) {
+      const float scale = *reinterpret_cast<const float*>(entry + kFp8ScalesOffset + 4 * (c >> 4));
+      const uint2 codes = *reinterpret_cast<const uint2*>(entry + 8 * c);
+      uint32_t words[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t w = k < 2 ? codes.x : codes.y;
+        const float2 v = e4m3x2_to_float2(static_cast<uint16_t>(w >> (16 * (k & 1))));
+        words[k] = pack_bf16x2(v.x * scale, v.y * scale);
+      }
+      out = make_uint4(words[0], words[1], words[2], words[3]);
+    } else {
+      out = *reinterpret_cast<const uint4*>(entry + kFp8RopeOffset + 16 * (c - kVDim / 8));
+    }
+    *reinterpret_cast<uint4*>(tile + tile_off(t, c)) = out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decode kernel body, shared by the BF16- and FP8-cache entry points
+// ---------------------------------------------------------------------------------------------
+
+template <bool kFp8>
+__device__ __forceinline__ void decode_body(
+    const __nv_bfloat16* __restrict__ q, const void* __restrict__ cache_ptr,
+    const int* __restrict__ block_table, const int* __restrict__ sched,
+    const int* __restrict__ split_offsets, const int* __restrict__ lens,
+    __nv_bfloat16* __restrict__ o_lat, float* __restrict__ lse, float* __restrict__ o_accum,
+    float* __restrict__ lse_accum, int* status, int s_q, int heads, int max_blocks,
+    int num_blocks, float scale_log2) {
+  constexpr int kSmemBytes = kFp8 ? kSmemFp8 : kSmemBf16;
+  constexpr int kKvTiles = kFp8 ? 1 : 2;  // BF16 KV tiles (FP8: one, fed by the staging buffer)
   if (dynamic_smem_size() < static_cast<uint32_t>(kSmemBytes)) __trap();
-  extern __shared__ __align__(1024) uint8_t smem[];
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem = smem_align_up<1024>(smem_raw);
   uint8_t* q_tile = smem;
-  uint8_t* kv_tiles = smem + kTileBytes;
-  uint8_t* p_tile = smem + kTileBytes * (1 + kStages);
-  float* red_max = reinterpret_cast<float*>(p_tile + kPBytes);  // [2 halves][64 rows]
-  float* red_sum = red_max + 2 * kRowsPerTile;                  // [2 halves][64 rows]
+  uint8_t* kv_tiles = q_tile + kTileBytes;
+  uint8_t* staging = kv_tiles + kKvTiles * kTileBytes;  // FP8 only (0 bytes for BF16)
+  uint8_t* p_tile = staging + (kFp8 ? kFp8StageBytes : 0);
+  float* red_max = reinterpret_cast<float*>(p_tile + kPBytes);  // [2 warpgroups][64 rows]
+  float* red_sum = red_max + 2 * kRowsPerTile;                  // [2 warpgroups][64 rows]
+
+  const __nv_bfloat16* cache_bf16 = static_cast<const __nv_bfloat16*>(cache_ptr);
+  const uint8_t* cache_fp8 = static_cast<const uint8_t*>(cache_ptr);
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
-  const int rg = warp & 3;   // row group: rows 16 rg .. 16 rg + 16 of the tile
-  const int half = warp >> 2;  // tokens 32 half .. (scores), value columns 256 half .. (output)
+  const int rg = warp & 3;     // warp within its warpgroup: rows 16 rg .. 16 rg + 16 of the tile
+  const int half = warp >> 2;  // warpgroup: tokens 32 half .. (scores), columns 256 half .. (output)
   const int m_rows = s_q * heads;
   const int tile_row0 = blockIdx.x * kRowsPerTile;
   const uint32_t q_base = smem_u32(q_tile);
@@ -198,7 +275,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
   const Sched sc = *reinterpret_cast<const Sched*>(sched + blockIdx.y * kSchedInts);
 
-  // The two rows (within the tile) this thread's accumulator fragments belong to.
+  // The two rows (within the tile) this thread's accumulator fragments belong to (the wgmma
+  // accumulator layout, hopper.cuh: wgmma_acc_row).
   const int r_lo = rg * 16 + (lane >> 2);
   const int r_hi = r_lo + 8;
 
@@ -212,7 +290,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int num_splits = split_offsets[b + 1] - split_offsets[b];
     const int* table_row = block_table + static_cast<long long>(b) * max_blocks;
 
-    // Everyone is done with the previous sequence's Q, KV stages and exchange buffers.
+    // Everyone is done with the previous sequence's Q, KV tiles and exchange buffers.
     __syncthreads();
 
     // Q tile: rows past m_rows are zero.
@@ -227,25 +305,23 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       }
     }
 
-    // Loads KV block j (of the sequence) into stage `st`; returns whether its id was valid.
-    auto load_kv = [&](int j, int st) {
+    // Starts loading KV block j (of the sequence): BF16 into tile `st`, FP8 into the staging
+    // buffer. A block id outside the cache is reported and read as empty.
+    auto issue_load = [&](int j, int st) {
       const int id = table_row[j];
       const bool valid = id >= 0 && id < num_blocks;
       if (!valid && tid == 0) record_status(status, kStatusMlaOutOfRange);
-      uint8_t* dst = kv_tiles + st * kTileBytes;
-      const __nv_bfloat16* blk =
-          cache + static_cast<long long>(valid ? id : 0) * kBlockSize * kKvDim;
       const int tokens = valid ? min(kBlockSize, len - j * kBlockSize) : 0;
-      for (int idx = tid; idx < kBlockSize * kChunks; idx += kThreads) {
-        const int t = idx / kChunks, c = idx % kChunks;
-        const bool ok = t < tokens;
-        const __nv_bfloat16* src = ok ? blk + t * kKvDim + c * 8 : cache;
-        cp_async_16(dst + tile_off(t, c), src, ok ? 16u : 0u);
+      const int safe_id = valid ? id : 0;
+      if constexpr (kFp8) {
+        load_kv_fp8_raw(staging, cache_fp8, safe_id, tokens, tid);
+      } else {
+        load_kv_bf16(kv_tiles + st * kTileBytes, cache_bf16, safe_id, tokens, tid);
       }
       cp_async_commit();
     };
 
-    load_kv(lo, 0);  // commits the Q copies in the same group
+    issue_load(lo, 0);  // commits the Q copies in the same group
 
     // Causal limits of this thread's two rows (positions < limit are visible).
     const int row_lo = tile_row0 + r_lo, row_hi = tile_row0 + r_hi;
@@ -253,41 +329,49 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int lim_hi = row_hi < m_rows ? len - s_q + row_hi / heads + 1 : 0;
 
     float m_run[2] = {-INFINITY, -INFINITY};  // running max (log2 domain) of rows lo / hi
-    float l_run[2] = {0.f, 0.f};              // this half's running sum
-    float acc[32][4];
+    float l_run[2] = {0.f, 0.f};              // this warpgroup's running sum
+    // O accumulator, wgmma m64n256 layout: acc[4n + e] is row (e < 2 ? r_lo : r_hi), column
+    // 256 half + 8n + 2 (lane % 4) + (e % 2).
+    float acc[128];
 #pragma unroll
-    for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    for (int i = 0; i < 128; ++i) acc[i] = 0.f;
 
     for (int j = lo; j < hi; ++j) {
-      const int st = (j - lo) & 1;
+      const int st = kFp8 ? 0 : (j - lo) & 1;
       cp_async_wait<0>();
-      __syncthreads();  // block j visible to all; all warps finished block j - 1
-      if (j + 1 < hi) load_kv(j + 1, st ^ 1);
+      if constexpr (kFp8) {
+        // Block j's raw entries visible to all; every warpgroup is done with block j - 1's tile.
+        __syncthreads();
+        dequant_fp8_tile(kv_tiles, staging, tid);
+      }
+      // This thread's shared-memory writes (cp.async, dequantization) -> the async proxy that
+      // wgmma reads through; the barrier then publishes everyone's.
+      fence_proxy_async_shared();
+      __syncthreads();  // block j ready; all warps finished block j - 1; FP8: staging is free
+      if (j + 1 < hi) issue_load(j + 1, st ^ 1);
       const int id = table_row[j];
       const bool valid = id >= 0 && id < num_blocks;
       const uint32_t kv = kv_base + st * kTileBytes;
 
-      // ---- S = Q K^T for rows 16 rg .., tokens 32 half .. (4 n-tiles of 8 tokens)
-      float s[4][4];
+      // ---- S[64 rows, this warpgroup's 32 tokens] = Q K^T: 36 k16 steps, 4 per column block.
+      float s[16];
 #pragma unroll
-      for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-      const int a_row = rg * 16 + (lane & 15);
-      const int a_chunk_hi = lane >> 4;
-      const int b_tok = half * 32 + ((lane >> 4) << 3) + (lane & 7);
-      const int b_chunk_hi = (lane >> 3) & 1;
-#pragma unroll 4
+      for (int i = 0; i < 16; ++i) s[i] = 0.f;
+      warpgroup_fence_operand(s);
+      wgmma_fence();
+#pragma unroll
       for (int ks = 0; ks < kKvDim / 16; ++ks) {
-        uint32_t a[4], b01[4], b23[4];
-        ldmatrix_x4(q_base + tile_off(a_row, 2 * ks + a_chunk_hi), a);
-        ldmatrix_x4(kv + tile_off(b_tok, 2 * ks + b_chunk_hi), b01);
-        ldmatrix_x4(kv + tile_off(b_tok + 16, 2 * ks + b_chunk_hi), b23);
-        mma_bf16(s[0], a, b01[0], b01[1]);
-        mma_bf16(s[1], a, b01[2], b01[3]);
-        mma_bf16(s[2], a, b23[0], b23[1]);
-        mma_bf16(s[3], a, b23[2], b23[3]);
+        const uint32_t col = (ks >> 2) * kColBlockBytes + (ks & 3) * 32;
+        const uint64_t desc_q = make_smem_desc_k_sw128(q_base + col);
+        const uint64_t desc_k = make_smem_desc_k_sw128(kv + half * 32 * 128 + col);
+        wgmma_m64nNk16_bf16<32>(s, desc_q, desc_k, true);
       }
+      wgmma_commit_group();
+      wgmma_wait_group<0>();
+      warpgroup_fence_operand(s);
 
-      // ---- scale, mask, this half's row maxima
+      // ---- scale, mask, this warpgroup's row maxima. s[4n + e]: token 8n + 2 (lane % 4) +
+      // (e % 2) of this warpgroup's 32, row (e < 2 ? r_lo : r_hi).
       const int pos0 = j * kBlockSize + half * 32 + 2 * (lane & 3);
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -296,8 +380,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         for (int e = 0; e < 4; ++e) {
           const int pos = pos0 + n * 8 + (e & 1);
           const int lim = (e < 2) ? lim_lo : lim_hi;
-          const float v = (valid && pos < lim) ? s[n][e] * scale_log2 : -INFINITY;
-          s[n][e] = v;
+          const float v = (valid && pos < lim) ? s[4 * n + e] * scale_log2 : -INFINITY;
+          s[4 * n + e] = v;
           mx[e >> 1] = fmaxf(mx[e >> 1], v);
         }
       }
@@ -310,7 +394,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         red_max[half * kRowsPerTile + r_lo] = mx[0];
         red_max[half * kRowsPerTile + r_hi] = mx[1];
       }
-      named_barrier_sync(1 + rg, 64);  // the two warps of row group rg
+      named_barrier_sync(1 + rg, 64);  // warp rg of both warpgroups (the same 16 rows)
       float alpha[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -324,14 +408,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         mx[h] = m_ref;
       }
 
-      // ---- P = exp2(S - m), row sums, P to shared memory (BF16)
+      // ---- P = exp2(S - m), row sums, P to shared memory (BF16, K-major for the next wgmma)
       float rs[2] = {0.f, 0.f};
 #pragma unroll
       for (int n = 0; n < 4; ++n) {
-        const float p0 = exp2f(s[n][0] - mx[0]);
-        const float p1 = exp2f(s[n][1] - mx[0]);
-        const float p2 = exp2f(s[n][2] - mx[1]);
-        const float p3 = exp2f(s[n][3] - mx[1]);
+        const float p0 = exp2f(s[4 * n + 0] - mx[0]);
+        const float p1 = exp2f(s[4 * n + 1] - mx[0]);
+        const float p2 = exp2f(s[4 * n + 2] - mx[1]);
+        const float p3 = exp2f(s[4 * n + 3] - mx[1]);
         rs[0] += p0 + p1;
         rs[1] += p2 + p3;
         const int tok = half * 32 + n * 8 + 2 * (lane & 3);
@@ -347,32 +431,31 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
       }
 #pragma unroll
       for (int n = 0; n < 32; ++n) {
-        acc[n][0] *= alpha[0];
-        acc[n][1] *= alpha[0];
-        acc[n][2] *= alpha[1];
-        acc[n][3] *= alpha[1];
+        acc[4 * n + 0] *= alpha[0];
+        acc[4 * n + 1] *= alpha[0];
+        acc[4 * n + 2] *= alpha[1];
+        acc[4 * n + 3] *= alpha[1];
       }
-      named_barrier_sync(1 + rg, 64);  // P of both halves written
+      fence_proxy_async_shared();  // this thread's P stores -> visible to wgmma
+      __syncthreads();             // P of both warpgroups written
 
-      // ---- O[16 rows, 256 cols] += P[16, 64] V[64, 256 cols]
-      const int v_tok = ((lane >> 3) & 1) * 8 + (lane & 7);
-      const int v_chunk_hi = lane >> 4;
+      // ---- O[64 rows, 256 columns] += P[64, 64 tokens] V[64 tokens, 256 columns]: V is read
+      // N-major straight from the KV tile (column blocks 4 half .. 4 half + 4, 16 tokens a step).
+      warpgroup_fence_operand(acc);
+      wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kBlockSize / 16; ++ks) {
-        uint32_t a[4];
-        ldmatrix_x4(p_base + p_off(a_row, 2 * ks + a_chunk_hi), a);
-#pragma unroll
-        for (int np = 0; np < 16; ++np) {
-          uint32_t bv[4];
-          const int chunk = half * 32 + np * 2 + v_chunk_hi;  // 8 columns per chunk
-          ldmatrix_x4_trans(kv + tile_off(ks * 16 + v_tok, chunk), bv);
-          mma_bf16(acc[2 * np], a, bv[0], bv[1]);
-          mma_bf16(acc[2 * np + 1], a, bv[2], bv[3]);
-        }
+        const uint64_t desc_p = make_smem_desc_k_sw128(p_base + ks * 32);
+        const uint64_t desc_v =
+            make_smem_desc_mn_sw128(kv + half * 4 * kColBlockBytes + ks * 16 * 128, kColBlockBytes);
+        wgmma_m64nNk16_bf16<256, true>(acc, desc_p, desc_v, true);
       }
+      wgmma_commit_group();
+      wgmma_wait_group<0>();
+      warpgroup_fence_operand(acc);
     }
 
-    // ---- epilogue: total row sums over both halves, normalise, store
+    // ---- epilogue: total row sums over both warpgroups, normalise, store
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if ((lane & 3) == 0) red_sum[half * kRowsPerTile + (h ? r_hi : r_lo)] = l_run[h];
@@ -398,7 +481,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int n = 0; n < 32; ++n) {
           *reinterpret_cast<uint32_t*>(dst + n * 8) =
-              pack_bf16x2(acc[n][2 * h] * inv[h], acc[n][2 * h + 1] * inv[h]);
+              pack_bf16x2(acc[4 * n + 2 * h] * inv[h], acc[4 * n + 2 * h + 1] * inv[h]);
         }
         if (half == 0 && (lane & 3) == 0) lse[out_row] = row_lse[h];
       }
@@ -412,12 +495,38 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int n = 0; n < 32; ++n) {
           *reinterpret_cast<float2*>(dst + n * 8) =
-              make_float2(acc[n][2 * h] * inv[h], acc[n][2 * h + 1] * inv[h]);
+              make_float2(acc[4 * n + 2 * h] * inv[h], acc[4 * n + 2 * h + 1] * inv[h]);
         }
         if (half == 0 && (lane & 3) == 0) lse_accum[split_row0 + row] = row_lse[h];
       }
     }
   }
+}
+
+// grid (row_tiles, num_parts), kThreads threads, kSmemBf16 dynamic shared memory.
+// cache: [num_blocks, 64, 576] BF16.
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
+    mla_decode_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ cache,
+                    const int* __restrict__ block_table, const int* __restrict__ sched,
+                    const int* __restrict__ split_offsets, const int* __restrict__ lens,
+                    __nv_bfloat16* __restrict__ o_lat, float* __restrict__ lse,
+                    float* __restrict__ o_accum, float* __restrict__ lse_accum, int* status,
+                    int s_q, int heads, int max_blocks, int num_blocks, float scale_log2) {
+  decode_body<false>(q, cache, block_table, sched, split_offsets, lens, o_lat, lse, o_accum,
+                     lse_accum, status, s_q, heads, max_blocks, num_blocks, scale_log2);
+}
+
+// grid (row_tiles, num_parts), kThreads threads, kSmemFp8 dynamic shared memory.
+// cache: [num_blocks, 64, 656] bytes (reference/fp8_cache.rs layout), 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(kThreads, 1)
+    mla_decode_fp8(const __nv_bfloat16* __restrict__ q, const uint8_t* __restrict__ cache,
+                   const int* __restrict__ block_table, const int* __restrict__ sched,
+                   const int* __restrict__ split_offsets, const int* __restrict__ lens,
+                   __nv_bfloat16* __restrict__ o_lat, float* __restrict__ lse,
+                   float* __restrict__ o_accum, float* __restrict__ lse_accum, int* status,
+                   int s_q, int heads, int max_blocks, int num_blocks, float scale_log2) {
+  decode_body<true>(q, cache, block_table, sched, split_offsets, lens, o_lat, lse, o_accum,
+                    lse_accum, status, s_q, heads, max_blocks, num_blocks, scale_log2);
 }
 
 // grid (S_q * H, batch), 128 threads: each thread 4 of the 512 columns.

@@ -11,6 +11,11 @@
 //!   - |lse - ref| <= [`LSE_TOL`] * (1 + |ref|);
 //! - the schedule the device planned covers every KV block of every sequence exactly once, with
 //!   split counts matching the offsets ([`check_schedule`]).
+//!
+//! FP8-cache cases encode the random BF16 cache into 656-byte entries (`reference::encode_cache`)
+//! and hold the kernel to the reference over those entries dequantized to BF16
+//! (`reference::decode_cache_bf16`, the values the kernel feeds its MMAs), with the same bounds:
+//! the dequantization itself is exact up to that one BF16 rounding, which both sides share.
 
 use half::bf16;
 use kernels::checks::CheckReport;
@@ -19,10 +24,14 @@ use kernels::rng::Rng;
 use kernels::{Error, Result};
 
 use crate::cases::DecodeInputs;
-use crate::gpu::{self, DecodeWorkspace};
-use crate::reference::{paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK};
+use crate::gpu::{self, DecodeWorkspace, PagedCache};
+use crate::reference::{
+    decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM,
+    KV_LORA_RANK,
+};
 
 const KERNEL: &str = "mla_decode_bf16";
+const KERNEL_FP8: &str = "mla_decode_fp8";
 
 /// Bound on ||o - ref|| / ||ref||. The kernel rounds twice where the f32 reference does not: the
 /// softmax weights P to BF16 before the P.V tensor-core product, and o_lat to BF16 at the end.
@@ -58,6 +67,15 @@ pub struct DecodeCheck {
     pub shared_prefix: bool,
 }
 
+/// The cache layout a check runs the kernel on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheFormat {
+    /// `[num_blocks, 64, 576]` BF16 entries (`mla_decode_bf16`).
+    Bf16,
+    /// `[num_blocks, 64, 656]` FP8 entries (`mla_decode_fp8`).
+    Fp8,
+}
+
 impl DecodeCheck {
     fn describe(&self) -> String {
         let lens = if self.seqlens.len() <= 8 {
@@ -84,44 +102,60 @@ impl DecodeCheck {
     }
 }
 
-/// Device copies of a [`DecodeInputs`].
+/// Device copies of a [`DecodeInputs`]; `cache_fp8` holds the 656-byte entries when the case
+/// runs the FP8-cache kernel.
 struct Uploaded {
     q: DeviceTensor<bf16>,
     cache: DeviceTensor<bf16>,
+    cache_fp8: Option<DeviceTensor<u8>>,
     table: DeviceTensor<i32>,
     lens: DeviceTensor<i32>,
 }
 
-fn upload(gpu: &Gpu, inp: &DecodeInputs) -> Result<Uploaded> {
+impl Uploaded {
+    fn cache(&self) -> PagedCache<'_> {
+        match &self.cache_fp8 {
+            Some(bytes) => PagedCache::Fp8(bytes),
+            None => PagedCache::Bf16(&self.cache),
+        }
+    }
+}
+
+fn upload(gpu: &Gpu, inp: &DecodeInputs, fp8_bytes: Option<&[u8]>) -> Result<Uploaded> {
     let s = inp.shape;
+    let cache_fp8 = match fp8_bytes {
+        Some(b) => Some(gpu.upload(b, &[s.num_blocks, BLOCK_SIZE, FP8_ENTRY_BYTES])?),
+        None => None,
+    };
     Ok(Uploaded {
         q: gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?,
         cache: gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?,
+        cache_fp8,
         table: gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?,
         lens: gpu.upload(&inp.cache_seqlens, &[s.batch])?,
     })
 }
 
-/// Uploads `inp` and runs the decode into poisoned outputs; returns o_lat and lse on the host
-/// and the status word, not yet checked.
+/// Uploads `inp` and runs the decode (over the FP8 entries `fp8_bytes` when given) into poisoned
+/// outputs; returns o_lat and lse on the host and the status word, not yet checked.
 fn launch(
     gpu: &Gpu,
     inp: &DecodeInputs,
+    fp8_bytes: Option<&[u8]>,
     ws: &mut DecodeWorkspace,
 ) -> Result<(Vec<bf16>, Vec<f32>, DeviceStatus)> {
     let s = inp.shape;
-    let d = upload(gpu, inp)?;
+    let d = upload(gpu, inp, fp8_bytes)?;
     let mut o: DeviceTensor<bf16> = gpu.poisoned(&[s.batch, s.q_len, inp.heads, KV_LORA_RANK])?;
     let mut lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s.q_len, inp.heads])?;
     let mut status = DeviceStatus::new(gpu)?;
-    gpu::paged_decode(
+    let tables = (&d.table, &d.lens, inp.softmax_scale);
+    gpu::paged_decode_any(
         gpu,
         ws,
         &d.q,
-        &d.cache,
-        &d.table,
-        &d.lens,
-        inp.softmax_scale,
+        d.cache(),
+        tables,
         &mut o,
         &mut lse,
         &mut status,
@@ -129,16 +163,35 @@ fn launch(
     Ok((gpu.download(&o)?, gpu.download(&lse)?, status))
 }
 
-/// Runs the kernel on fresh random inputs and compares with the reference.
+/// Runs the BF16-cache kernel on fresh random inputs and compares with the reference.
 pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckReport> {
+    check_decode_format(gpu, rng, c, CacheFormat::Bf16)
+}
+
+/// [`check_decode`] for either cache format.
+pub fn check_decode_format(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    c: &DecodeCheck,
+    format: CacheFormat,
+) -> Result<CheckReport> {
     let (s_q, heads) = (c.s_q, c.heads);
-    let inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
+    let mut inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
+    // FP8 case: the kernel reads the encoded entries; the reference (and vmax) the BF16 values
+    // they dequantize to.
+    let fp8_bytes = if format == CacheFormat::Fp8 {
+        let bytes = encode_cache(&inp.cache)?;
+        inp.cache = decode_cache_bf16(&bytes)?;
+        Some(bytes)
+    } else {
+        None
+    };
     let s = inp.shape;
     let mut ws = match c.parts {
         Some(p) => DecodeWorkspace::with_parts(gpu, s.batch, s_q, heads, p)?,
         None => DecodeWorkspace::new(gpu, s.batch, s_q, heads)?,
     };
-    let (got_o, got_lse, mut status) = launch(gpu, &inp, &mut ws)?;
+    let (got_o, got_lse, mut status) = launch(gpu, &inp, fp8_bytes.as_deref(), &mut ws)?;
     status.check(gpu, "mla_decode")?;
     let (sched, offsets) = ws.download_schedule(gpu)?;
     let schedule = check_schedule(&sched, &offsets, &c.seqlens, ws.parts());
@@ -225,7 +278,11 @@ pub fn check_decode(gpu: &Gpu, rng: &mut Rng, c: &DecodeCheck) -> Result<CheckRe
         f64::INFINITY
     };
     let case = format!("{} ({} of {heads} heads checked)", c.describe(), hs);
-    Ok(CheckReport::new(KERNEL, case, "rel_l2", rel, O_REL_TOL)
+    let kernel = match format {
+        CacheFormat::Bf16 => KERNEL,
+        CacheFormat::Fp8 => KERNEL_FP8,
+    };
+    Ok(CheckReport::new(kernel, case, "rel_l2", rel, O_REL_TOL)
         .require(
             bad == 0,
             format!(
@@ -345,7 +402,7 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     }
     // Host-side shape checks name the argument.
     let inp = DecodeInputs::random(rng, &[10], 1, 16, false, 0);
-    let d = upload(gpu, &inp)?;
+    let d = upload(gpu, &inp, None)?;
     let mut ws = DecodeWorkspace::new(gpu, 1, 1, 16)?;
     let mut status = DeviceStatus::new(gpu)?;
     let mut o: DeviceTensor<bf16> = gpu.poisoned(&[1, 1, 16, KV_LORA_RANK])?;
@@ -382,7 +439,7 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
 fn run_bad(gpu: &Gpu, inp: &DecodeInputs) -> Result<(bool, bool)> {
     let s = inp.shape;
     let mut ws = DecodeWorkspace::new(gpu, s.batch, s.q_len, inp.heads)?;
-    let (got, _, mut status) = launch(gpu, inp, &mut ws)?;
+    let (got, _, mut status) = launch(gpu, inp, None, &mut ws)?;
     let flagged = status.check(gpu, "mla_decode").is_err();
     // A masked block can leave a row with no visible token (o = 0, lse = -inf): finite o only.
     Ok((flagged, got.iter().all(|v| v.to_f32().is_finite())))
@@ -408,6 +465,12 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         case(vec![4096], 1, 128, None, false),
         case(vec![4096; 4], 2, 128, None, true),
     ];
+    let fp8_cases = [
+        case(vec![1, 63, 64, 65], 1, 128, None, false),
+        case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),
+        case(vec![700, 5, 1500], 3, 64, Some(37), false),
+        case(vec![4096; 4], 2, 128, None, true),
+    ];
     if !quick {
         cases.push(case(vec![8192, 1, 3000, 64], 4, 128, None, false));
         cases.push(case(
@@ -421,6 +484,9 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     }
     let mut out: Vec<Result<CheckReport>> =
         cases.iter().map(|c| check_decode(gpu, rng, c)).collect();
+    for c in &fp8_cases {
+        out.push(check_decode_format(gpu, rng, c, CacheFormat::Fp8));
+    }
     out.push(check_bad_inputs(gpu, rng));
     out
 }

@@ -1,11 +1,14 @@
-//! Launch wrappers of `cuda/mla_decode.cu`: MLA decode attention over the paged BF16 cache, the
-//! contract of [`crate::reference::paged_decode`].
+//! Launch wrappers of `cuda/mla_decode.cu`: MLA decode attention over the paged cache, BF16
+//! entries (the contract of [`crate::reference::paged_decode`]) or 656-byte FP8 entries (the
+//! contract of [`crate::reference::paged_decode_fp8`], attention over the entries dequantized to
+//! BF16).
 //!
 //! A decode call is three launches on the `Gpu`'s stream, none of which synchronizes, so a decode
 //! step can be captured in a CUDA graph:
 //! 1. `mla_decode_plan` reads `cache_seqlens` on the device and writes the split-KV schedule into
 //!    the [`DecodeWorkspace`] (which KV blocks of which sequences each CTA column walks);
-//! 2. `mla_decode_bf16` computes every (query row tile, schedule part);
+//! 2. `mla_decode_bf16` / `mla_decode_fp8` compute every (query row tile, schedule part) with
+//!    wgmma (HGMMA) on BF16 operands;
 //! 3. `mla_decode_combine` merges the splits of sequences cut over several parts.
 //!
 //! The host checks every shape (errors name the argument); the values of `block_table` and
@@ -20,7 +23,7 @@ use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu, LaunchConfig, PushKernelArg}
 use kernels::{Error, Result};
 
 use crate::cubins::MLA_DECODE;
-use crate::reference::{BLOCK_SIZE, KV_DIM, KV_LORA_RANK, MAX_QUERY_LEN};
+use crate::reference::{BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM, KV_LORA_RANK, MAX_QUERY_LEN};
 
 const OP: &str = "mla_decode";
 
@@ -28,9 +31,60 @@ const OP: &str = "mla_decode";
 pub const ROWS_PER_TILE: usize = 64;
 /// Threads of the decode kernel.
 const THREADS: u32 = 256;
-/// Dynamic shared memory of the decode kernel: Q tile + 2 KV stages (64 x 576 BF16 each), the
-/// P tile (64 x 64 BF16) and the row max / sum exchange; `mla_decode.cu` checks it on entry.
-pub const SMEM_BYTES: u32 = (3 * ROWS_PER_TILE * KV_DIM * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4) as u32;
+/// One [64 rows, 576] BF16 tile in shared memory (the Q tile, a KV tile).
+const TILE_BYTES: usize = ROWS_PER_TILE * KV_DIM * 2;
+/// The P tile (64 x 64 BF16), the row max / sum exchange, and the slack that lets the kernel
+/// align its tiles to 1024 bytes (dynamic shared memory is only 16-byte aligned).
+const SMEM_COMMON: usize = 64 * 64 * 2 + 2 * 2 * 64 * 4 + 1024;
+/// Dynamic shared memory of the BF16-cache decode kernel: the Q tile and 2 KV stages;
+/// `mla_decode.cu` checks it on entry.
+pub const SMEM_BYTES: u32 = (3 * TILE_BYTES + SMEM_COMMON) as u32;
+/// Dynamic shared memory of the FP8-cache decode kernel: the Q tile, one BF16 KV tile and one
+/// staging buffer of 64 raw 656-byte entries.
+pub const SMEM_BYTES_FP8: u32 =
+    (2 * TILE_BYTES + BLOCK_SIZE * FP8_ENTRY_BYTES + SMEM_COMMON) as u32;
+
+/// The paged KV cache a decode call reads.
+#[derive(Clone, Copy, Debug)]
+pub enum PagedCache<'a> {
+    /// `[num_blocks, 64, 576]` BF16 entries.
+    Bf16(&'a DeviceTensor<bf16>),
+    /// `[num_blocks, 64, 656]` bytes: FP8 entries (`reference::fp8_cache` layout).
+    Fp8(&'a DeviceTensor<u8>),
+}
+
+impl PagedCache<'_> {
+    /// Blocks in the cache, after checking its shape.
+    fn num_blocks(&self) -> Result<usize> {
+        let (shape, entry, what) = match self {
+            PagedCache::Bf16(t) => (t.shape(), KV_DIM, "BF16 cache"),
+            PagedCache::Fp8(t) => (t.shape(), FP8_ENTRY_BYTES, "FP8 cache (bytes)"),
+        };
+        match *shape {
+            [0, BLOCK_SIZE, e] if e == entry => Err(Error::invalid(OP, "cache has 0 blocks")),
+            [n, BLOCK_SIZE, e] if e == entry => Ok(n),
+            _ => Err(Error::shape(
+                OP,
+                format!("{what} must be [num_blocks, {BLOCK_SIZE}, {entry}], got {shape:?}"),
+            )),
+        }
+    }
+
+    fn device_ptr(&self, gpu: &Gpu) -> u64 {
+        match self {
+            PagedCache::Bf16(t) => t.device_ptr(gpu),
+            PagedCache::Fp8(t) => t.device_ptr(gpu),
+        }
+    }
+
+    /// The kernel and its shared-memory size.
+    fn kernel(&self) -> (&'static str, u32) {
+        match self {
+            PagedCache::Bf16(_) => ("mla_decode_bf16", SMEM_BYTES),
+            PagedCache::Fp8(_) => ("mla_decode_fp8", SMEM_BYTES_FP8),
+        }
+    }
+}
 /// i32 per schedule part (begin sequence, block, split; end sequence, block).
 const SCHED_INTS: usize = 5;
 
@@ -200,20 +254,65 @@ pub fn decode(
     lse: &mut DeviceTensor<f32>,
     status: &mut DeviceStatus,
 ) -> Result<()> {
+    let cache = PagedCache::Bf16(cache);
+    decode_paged_cache(
+        gpu,
+        ws,
+        q,
+        cache,
+        block_table,
+        softmax_scale,
+        o_lat,
+        lse,
+        status,
+    )
+}
+
+/// [`decode`] over a paged FP8 cache `[num_blocks, 64, 656]` bytes (16-byte aligned): the
+/// entries are dequantized to BF16 in shared memory (as `reference::decode_cache_bf16`), so the
+/// result is attention over those BF16 entries, reading 57% of the BF16 cache's bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_fp8(
+    gpu: &Gpu,
+    ws: &mut DecodeWorkspace,
+    q: &DeviceTensor<bf16>,
+    cache: &DeviceTensor<u8>,
+    block_table: &DeviceTensor<i32>,
+    softmax_scale: f32,
+    o_lat: &mut DeviceTensor<bf16>,
+    lse: &mut DeviceTensor<f32>,
+    status: &mut DeviceStatus,
+) -> Result<()> {
+    let cache = PagedCache::Fp8(cache);
+    decode_paged_cache(
+        gpu,
+        ws,
+        q,
+        cache,
+        block_table,
+        softmax_scale,
+        o_lat,
+        lse,
+        status,
+    )
+}
+
+/// [`decode`] / [`decode_fp8`] for either cache layout.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_paged_cache(
+    gpu: &Gpu,
+    ws: &mut DecodeWorkspace,
+    q: &DeviceTensor<bf16>,
+    cache: PagedCache<'_>,
+    block_table: &DeviceTensor<i32>,
+    softmax_scale: f32,
+    o_lat: &mut DeviceTensor<bf16>,
+    lse: &mut DeviceTensor<f32>,
+    status: &mut DeviceStatus,
+) -> Result<()> {
     let (batch, s_q, heads) = (ws.batch, ws.s_q, ws.heads);
     q.expect_shape(OP, "q", &[batch, s_q, heads, KV_DIM])?;
-    let num_blocks = match cache.shape() {
-        &[n, BLOCK_SIZE, KV_DIM] => n,
-        other => {
-            return Err(Error::shape(
-                OP,
-                format!("cache must be [num_blocks, {BLOCK_SIZE}, {KV_DIM}], got {other:?}"),
-            ))
-        }
-    };
-    if num_blocks == 0 {
-        return Err(Error::invalid(OP, "cache has 0 blocks"));
-    }
+    let num_blocks = cache.num_blocks()?;
     let max_blocks = match block_table.shape() {
         &[b, m] if b == batch && m > 0 => m,
         other => {
@@ -246,8 +345,9 @@ pub fn decode(
     let num_blocks_i = as_i32("num_blocks", num_blocks)?;
     let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
 
-    let f = gpu.function(&MLA_DECODE, "mla_decode_bf16")?;
-    gpu.set_max_dynamic_smem(&f, SMEM_BYTES)?;
+    let (kernel, smem_bytes) = cache.kernel();
+    let f = gpu.function(&MLA_DECODE, kernel)?;
+    gpu.set_max_dynamic_smem(&f, smem_bytes)?;
     let ptrs = [
         q.device_ptr(gpu),
         cache.device_ptr(gpu),
@@ -284,15 +384,16 @@ pub fn decode(
     let cfg = LaunchConfig {
         grid_dim: (tiles, parts, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: SMEM_BYTES,
+        shared_mem_bytes: smem_bytes,
     };
-    // SAFETY: 11 pointers, 4 int and a float: the kernel's parameters. Shapes were checked above:
-    // q holds batch * S_q * H rows of 576 (rows past S_q * H of a tile are not read), the kernel
-    // reads block_table[b, j] only for j < ceil(lens[b] / 64) <= max_blocks (the plan clamps the
-    // lengths) and cache blocks only for ids in 0..num_blocks; o_lat / lse hold batch * S_q * H
-    // rows; the workspace's partials hold (batch + parts) splits of S_q * H rows, the most the
-    // plan creates; the shared-memory size is the kernel's (it traps otherwise).
-    unsafe { gpu.launch("mla_decode_bf16", args, cfg) }?;
+    // SAFETY: 11 pointers, 4 int and a float: the kernel's parameters (both kernels take the
+    // same list; the cache pointer is BF16 or bytes as the kernel expects). Shapes were checked
+    // above: q holds batch * S_q * H rows of 576 (rows past S_q * H of a tile are not read), the
+    // kernel reads block_table[b, j] only for j < ceil(lens[b] / 64) <= max_blocks (the plan
+    // clamps the lengths) and cache blocks only for ids in 0..num_blocks; o_lat / lse hold
+    // batch * S_q * H rows; the workspace's partials hold (batch + parts) splits of S_q * H rows,
+    // the most the plan creates; the shared-memory size is the kernel's (it traps otherwise).
+    unsafe { gpu.launch(kernel, args, cfg) }?;
 
     let f = gpu.function(&MLA_DECODE, "mla_decode_combine")?;
     let (offs_p, acc_p, lacc_p, o_p, lse_p) = (ptrs[4], ptrs[8], ptrs[9], ptrs[6], ptrs[7]);
@@ -329,6 +430,43 @@ pub fn paged_decode(
     lse: &mut DeviceTensor<f32>,
     status: &mut DeviceStatus,
 ) -> Result<()> {
+    let cache = PagedCache::Bf16(cache);
+    let args = (block_table, cache_seqlens, softmax_scale);
+    paged_decode_any(gpu, ws, q, cache, args, o_lat, lse, status)
+}
+
+/// [`plan`] then [`decode_fp8`]: the whole decode attention of one step over an FP8 cache.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_fp8(
+    gpu: &Gpu,
+    ws: &mut DecodeWorkspace,
+    q: &DeviceTensor<bf16>,
+    cache: &DeviceTensor<u8>,
+    block_table: &DeviceTensor<i32>,
+    cache_seqlens: &DeviceTensor<i32>,
+    softmax_scale: f32,
+    o_lat: &mut DeviceTensor<bf16>,
+    lse: &mut DeviceTensor<f32>,
+    status: &mut DeviceStatus,
+) -> Result<()> {
+    let cache = PagedCache::Fp8(cache);
+    let args = (block_table, cache_seqlens, softmax_scale);
+    paged_decode_any(gpu, ws, q, cache, args, o_lat, lse, status)
+}
+
+/// [`plan`] then [`decode_paged_cache`]; `tables` = (block_table, cache_seqlens, softmax_scale).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_decode_any(
+    gpu: &Gpu,
+    ws: &mut DecodeWorkspace,
+    q: &DeviceTensor<bf16>,
+    cache: PagedCache<'_>,
+    tables: (&DeviceTensor<i32>, &DeviceTensor<i32>, f32),
+    o_lat: &mut DeviceTensor<bf16>,
+    lse: &mut DeviceTensor<f32>,
+    status: &mut DeviceStatus,
+) -> Result<()> {
+    let (block_table, cache_seqlens, softmax_scale) = tables;
     let max_blocks = match block_table.shape() {
         &[_, m] => m,
         other => {
@@ -339,7 +477,7 @@ pub fn paged_decode(
         }
     };
     plan(gpu, ws, cache_seqlens, max_blocks, status)?;
-    decode(
+    decode_paged_cache(
         gpu,
         ws,
         q,

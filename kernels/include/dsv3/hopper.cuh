@@ -395,6 +395,17 @@ __device__ __forceinline__ uint64_t make_smem_desc_k_sw128(uint32_t smem_addr) {
   return make_smem_desc(smem_addr, 16, 1024, SmemSwizzle::k128B);
 }
 
+// Descriptor of an MN-major (transposed, 16-bit types) 128B-swizzled operand: the tile is stored
+// as column blocks of 64 MN-elements (128-byte rows, one row per K index, 8-row / 1024-byte
+// atoms); `mn_block_bytes` is the distance between consecutive 64-wide MN column blocks. In the
+// PTX ISA's terms (canonical layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))) the leading byte offset
+// is that MN block stride and the stride byte offset is the next 8 K rows (1024 bytes). Step K by
+// whole 8-row groups: add 1024 bytes per 8 K indices to smem_addr (k16 = 2048 bytes).
+__device__ __forceinline__ uint64_t make_smem_desc_mn_sw128(uint32_t smem_addr,
+                                                            uint32_t mn_block_bytes) {
+  return make_smem_desc(smem_addr, mn_block_bytes, 1024, SmemSwizzle::k128B);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 128-byte swizzle (CUTLASS Swizzle<3,4,3>, TMA CU_TENSOR_MAP_SWIZZLE_128B)
 // ---------------------------------------------------------------------------------------------
@@ -480,30 +491,39 @@ __host__ __device__ __forceinline__ int wgmma_acc_col(int t, int i) {
                : __VA_ARGS__                                                                 \
                : "l"(desc_a), "l"(desc_b), "r"(scale_d))
 
-// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, desc_a, desc_b, p, 1, 1, 0, 0
-// (scale-a = scale-b = +1, no transpose: both operands K-major).
-template <int N>
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, desc_a, desc_b, p, 1, 1, 0, tB
+// (scale-a = scale-b = +1; A K-major). kTransB = false: B K-major ([N, K] rows); kTransB = true:
+// B N-major ([K, N] rows, 16-bit types only), described by make_smem_desc_mn_sw128().
+#define DSV3_WGMMA_BF16_ALL_N(TAIL)                                                              \
+  if constexpr (N == 16) {                                                                     \
+    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16", DSV3_WG_REGS_8, "8", \
+                  "9", "10", TAIL, DSV3_WG_ACC8(d, 0));                                        \
+  } else if constexpr (N == 32) {                                                              \
+    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16", DSV3_WG_REGS_16,     \
+                  "16", "17", "18", TAIL, DSV3_WG_ACC16(d, 0));                                \
+  } else if constexpr (N == 64) {                                                              \
+    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", DSV3_WG_REGS_32,     \
+                  "32", "33", "34", TAIL, DSV3_WG_ACC32(d, 0));                                \
+  } else if constexpr (N == 128) {                                                             \
+    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", DSV3_WG_REGS_64,    \
+                  "64", "65", "66", TAIL, DSV3_WG_ACC64(d, 0));                                \
+  } else {                                                                                     \
+    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", DSV3_WG_REGS_128,   \
+                  "128", "129", "130", TAIL, DSV3_WG_ACC128(d, 0));                            \
+  }
+
+template <int N, bool kTransB = false>
 __device__ __forceinline__ void wgmma_m64nNk16_bf16(float (&d)[N / 2], uint64_t desc_a,
                                                     uint64_t desc_b, bool accumulate) {
   static_assert(N == 16 || N == 32 || N == 64 || N == 128 || N == 256, "unsupported wgmma N");
   const uint32_t scale_d = accumulate ? 1u : 0u;
-  if constexpr (N == 16) {
-    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16", DSV3_WG_REGS_8, "8", "9",
-                  "10", ", 1, 1, 0, 0", DSV3_WG_ACC8(d, 0));
-  } else if constexpr (N == 32) {
-    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16", DSV3_WG_REGS_16, "16",
-                  "17", "18", ", 1, 1, 0, 0", DSV3_WG_ACC16(d, 0));
-  } else if constexpr (N == 64) {
-    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", DSV3_WG_REGS_32, "32",
-                  "33", "34", ", 1, 1, 0, 0", DSV3_WG_ACC32(d, 0));
-  } else if constexpr (N == 128) {
-    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", DSV3_WG_REGS_64, "64",
-                  "65", "66", ", 1, 1, 0, 0", DSV3_WG_ACC64(d, 0));
+  if constexpr (kTransB) {
+    DSV3_WGMMA_BF16_ALL_N(", 1, 1, 0, 1")
   } else {
-    DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", DSV3_WG_REGS_128,
-                  "128", "129", "130", ", 1, 1, 0, 0", DSV3_WG_ACC128(d, 0));
+    DSV3_WGMMA_BF16_ALL_N(", 1, 1, 0, 0")
   }
 }
+#undef DSV3_WGMMA_BF16_ALL_N
 
 // wgmma.mma_async.sync.aligned.m64nNk32.f32.e4m3.e4m3 d, desc_a, desc_b, p, 1, 1
 // (fp8 wgmma has no transpose operands: both operands are always K-major).

@@ -162,6 +162,43 @@ pub fn check_wgmma_bf16(gpu: &Gpu, rng: &mut Rng, k: usize) -> Result<CheckRepor
     ))
 }
 
+/// wgmma with an N-major ("transposed") BF16 B operand: d = a[64, k] . b[k, 64], b row-major.
+pub fn check_wgmma_bf16_trans_b(gpu: &Gpu, rng: &mut Rng, k: usize) -> Result<CheckReport> {
+    const NAME: &str = "hopper_wgmma_bf16_trans_b";
+    if k == 0 || k % 64 != 0 {
+        return Err(Error::invalid(
+            NAME,
+            format!("k = {k} must be a positive multiple of 64"),
+        ));
+    }
+    let a: Vec<bf16> = rng.normal_vec(64 * k, 1.0);
+    let b_kn: Vec<bf16> = rng.normal_vec(k * 64, 1.0);
+    let (da, db) = (gpu.upload(&a, &[64, k])?, gpu.upload(&b_kn, &[k, 64])?);
+    let got = run_wgmma(
+        gpu,
+        "hopper_wgmma_bf16_tn_selftest",
+        da.device_ptr(gpu),
+        db.device_ptr(gpu),
+        k,
+    )?;
+    // The reference takes B as [64, k] rows: transpose.
+    let b_nk: Vec<f32> = (0..64 * k)
+        .map(|i| b_kn[(i % k) * 64 + i / k].to_f32())
+        .collect();
+    let a32: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
+    let err = rel_l2(
+        got.iter().map(|&v| f64::from(v)),
+        reference_nt(&a32, &b_nk, k),
+    );
+    Ok(CheckReport::new(
+        NAME,
+        format!("64x64x{k}"),
+        "rel_l2",
+        err,
+        WGMMA_TOL,
+    ))
+}
+
 pub fn check_wgmma_e4m3(gpu: &Gpu, rng: &mut Rng, k: usize) -> Result<CheckReport> {
     if k == 0 || k % 128 != 0 {
         return Err(Error::invalid(

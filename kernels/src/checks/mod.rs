@@ -8,7 +8,9 @@ mod hopper;
 mod ops;
 
 pub use codec::check_e4m3_codec;
-pub use hopper::{check_bulk_copy, check_tma_tile, check_wgmma_bf16, check_wgmma_e4m3};
+pub use hopper::{
+    check_bulk_copy, check_tma_tile, check_wgmma_bf16, check_wgmma_bf16_trans_b, check_wgmma_e4m3,
+};
 pub use ops::*;
 
 use crate::error::Result;
@@ -158,6 +160,7 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     out.push(check_bulk_copy(gpu, rng, 4096));
     out.push(check_tma_tile(gpu, rng, 150, 200));
     out.push(check_wgmma_bf16(gpu, rng, 256));
+    out.push(check_wgmma_bf16_trans_b(gpu, rng, 256));
     out.push(check_wgmma_e4m3(gpu, rng, 512));
     out
 }

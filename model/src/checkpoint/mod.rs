@@ -208,7 +208,7 @@ fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<usize> {
             .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
         // e4m3fn: S.1111.111 is NaN; there are no infinities.
         DType::E4m3 => bytes.iter().position(|&b| b & 0x7f == 0x7f),
-        DType::I32 | DType::U32 => None,
+        DType::I32 | DType::U32 | DType::U8 => None,
     }
 }
 

@@ -86,6 +86,7 @@ pub fn safetensors_dtype_name(dtype: DType) -> &'static str {
         DType::E4m3 => "F8_E4M3",
         DType::I32 => "I32",
         DType::U32 => "U32",
+        DType::U8 => "U8",
     }
 }
 

@@ -70,6 +70,7 @@ pub fn to_safetensors_dtype(dtype: DType) -> Dtype {
         DType::E4m3 => Dtype::F8_E4M3,
         DType::I32 => Dtype::I32,
         DType::U32 => Dtype::U32,
+        DType::U8 => Dtype::U8,
     }
 }
 
@@ -82,6 +83,7 @@ pub fn from_safetensors_dtype(dtype: Dtype) -> Option<DType> {
         Dtype::F8_E4M3 => DType::E4m3,
         Dtype::I32 => DType::I32,
         Dtype::U32 => DType::U32,
+        Dtype::U8 => DType::U8,
         _ => return None,
     })
 }
