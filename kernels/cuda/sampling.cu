@@ -2,7 +2,10 @@
 // The rule is defined in kernels::reference::sampling; this is the same rule:
 //   e_i = exp(z_i - max z), z_i = logit_i / T (NaN logits count as -inf)
 //   nucleus = {i : e_i >= tau}, tau the largest e value whose "e >= tau" mass reaches top_p * sum(e)
-//   token = first nucleus index (vocabulary order) whose running nucleus sum exceeds u * mass.
+//   token = first nucleus index (vocabulary order) whose running nucleus sum exceeds u * mass,
+//   u = sampling_uniform(seed, offset, row) (sample_f32) or the caller's uniforms[row]
+//   (sample_uniforms_f32; a u outside [0, 1) or NaN picks the last nucleus index, never reads
+//   out of bounds).
 // tau is found by bisection on the f32 bit pattern in [0, 1] (e_i <= 1 and positive floats order
 // like their bit patterns): 31 block-wide passes of sum(e_i >= v ? e_i : 0), exact in the set it
 // selects. One block of 1024 threads per row; e_i is recomputed per pass (the row does not fit in
@@ -49,9 +52,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) argmax_f32(const float* l
   if (threadIdx.x == 0) out[blockIdx.x] = idx;
 }
 
-extern "C" __global__ void __launch_bounds__(kThreads)
-    sample_f32(const float* logits, const float* temperature, const float* top_p, int* out,
-               int vocab, unsigned long long seed, unsigned long long offset) {
+// Row blockIdx.x of a sampling launch with uniform u: writes out[blockIdx.x]. The uniform is an
+// argument (not drawn here) so one body serves both entry points below.
+__device__ void sample_row(const float* logits, const float* temperature, const float* top_p,
+                           int* out, int vocab, float u) {
   __shared__ float scratch[32];
   __shared__ int si[32];
   __shared__ float warp_totals[32];
@@ -98,7 +102,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     tau = __uint_as_float(lo);
   }
   const float nucleus_mass = mass(tau);
-  const float goal = sampling_uniform(seed, offset, r) * nucleus_mass;
+  const float goal = u * nucleus_mass;
 
   // Chunked inclusive scan in vocabulary order: the first index whose running sum exceeds goal.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -137,4 +141,19 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   int last_idx = last_in_nucleus;
   block_argmax(as_float, last_idx, scratch, si);
   if (threadIdx.x == 0) out[r] = found != 0x7fffffff ? found : (last_idx < 0 ? 0 : last_idx);
+}
+
+// Row r draws sampling_uniform(seed, offset, r): one stream per launch.
+extern "C" __global__ void __launch_bounds__(kThreads)
+    sample_f32(const float* logits, const float* temperature, const float* top_p, int* out,
+               int vocab, unsigned long long seed, unsigned long long offset) {
+  sample_row(logits, temperature, top_p, out, vocab, sampling_uniform(seed, offset, blockIdx.x));
+}
+
+// Row r uses uniforms[r], drawn by the caller: the engine gives every request its own stream
+// (sampling_uniform(request seed, token index, 0)), which no single (seed, offset) reproduces.
+extern "C" __global__ void __launch_bounds__(kThreads)
+    sample_uniforms_f32(const float* logits, const float* temperature, const float* top_p,
+                        const float* uniforms, int* out, int vocab) {
+  sample_row(logits, temperature, top_p, out, vocab, uniforms[blockIdx.x]);
 }

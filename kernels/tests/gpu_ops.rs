@@ -64,6 +64,7 @@ mod gpu {
             let Some(g) = gpu("argmax_and_sample") else { return Ok(()) };
             assert_pass(checks::check_argmax(g, &mut Rng::fresh(), rows, vocab));
             assert_pass(checks::check_sample(g, &mut Rng::fresh(), rows, vocab, temperature, top_p));
+            assert_pass(checks::check_sample_with_uniforms(g, &mut Rng::fresh(), rows, vocab));
         }
     }
 

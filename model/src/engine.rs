@@ -25,6 +25,67 @@ pub enum LogitRows {
     All,
 }
 
+/// How to choose one sequence's next token: its request's sampling settings and the uniform
+/// number of this token's draw. The engine draws the uniform (`sampling_uniform(request seed,
+/// token index, 0)`), so a request's tokens depend neither on the backend nor on the batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenDraw {
+    pub params: SamplingParams,
+    /// In [0, 1).
+    pub uniform: f32,
+}
+
+impl TokenDraw {
+    /// The draw of token `index` (0 = the first generated token) of `request`.
+    pub fn for_token(request: &Request, index: usize) -> Self {
+        TokenDraw {
+            params: request.sampling,
+            uniform: sampling_uniform(request.seed, index as u64, 0),
+        }
+    }
+}
+
+/// Checks that there is one valid draw per sequence (settings as `SamplingParams::validate`,
+/// uniform in [0, 1)), naming the first bad one.
+pub fn check_draws(seqs: &[SeqChunk], draws: &[TokenDraw]) -> Result<()> {
+    if draws.len() != seqs.len() {
+        return Err(ModelError::request(format!(
+            "{} token draws for {} sequences (one per sequence expected)",
+            draws.len(),
+            seqs.len()
+        )));
+    }
+    for (s, d) in draws.iter().enumerate() {
+        d.params
+            .validate()
+            .map_err(|e| ModelError::request(format!("token draw of sequence {s}: {e}")))?;
+        if !(0.0..1.0).contains(&d.uniform) {
+            return Err(ModelError::request(format!(
+                "token draw of sequence {s}: the uniform must be in [0, 1), got {}",
+                d.uniform
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Chooses each row's token on the host: `sample_row` of logits row s ([rows, vocab]) with
+/// `draws[s]`.
+pub fn sample_on_host(logits: &[f32], vocab: usize, draws: &[TokenDraw]) -> Result<Vec<u32>> {
+    if vocab == 0 || logits.len() != draws.len() * vocab {
+        return Err(ModelError::request(format!(
+            "{} logits do not hold {} rows of vocab_size {vocab}",
+            logits.len(),
+            draws.len()
+        )));
+    }
+    Ok(logits
+        .chunks_exact(vocab)
+        .zip(draws)
+        .map(|(row, d)| sample_row(row, d.params, d.uniform) as u32)
+        .collect())
+}
+
 /// What the engine needs from a backend.
 pub trait Backend {
     fn config(&self) -> &ModelConfig;
@@ -35,6 +96,17 @@ pub trait Backend {
     /// Runs the new tokens of `seqs` (writing them into the KV cache) and returns the logits
     /// rows asked for, [rows, vocab] f32, in sequence order.
     fn forward(&mut self, seqs: &[SeqChunk], rows: LogitRows) -> Result<Vec<f32>>;
+
+    /// Runs the new tokens of `seqs` as [`forward`](Self::forward) does and chooses each
+    /// sequence's next token with `draws[s]` (the rule of `kernels::reference::sampling`),
+    /// returning one id per sequence. The default samples the [`LogitRows::Last`] rows on the
+    /// host; a backend whose logits live elsewhere (the GPU) overrides it to sample there and
+    /// hand back only the ids.
+    fn forward_and_sample(&mut self, seqs: &[SeqChunk], draws: &[TokenDraw]) -> Result<Vec<u32>> {
+        check_draws(seqs, draws)?;
+        let logits = self.forward(seqs, LogitRows::Last)?;
+        sample_on_host(&logits, self.config().vocab_size, draws)
+    }
 
     /// [`forward`](Self::forward) that also returns the final hidden states `h_final` of every
     /// new token ([tokens, hidden], after `model.norm`): the MTP module's input. Backends
@@ -410,7 +482,6 @@ impl<B: Backend> Engine<B> {
                 .map_err(|e| ModelError::request(e.to_string()))?;
         }
         let limit = self.config().max_position_embeddings;
-        let vocab = self.config().vocab_size;
         let mut stats = GenerationStats {
             prompt_tokens: requests.iter().map(|r| r.prompt.len()).sum(),
             ..Default::default()
@@ -449,13 +520,23 @@ impl<B: Backend> Engine<B> {
                         blocks: b,
                     })
                     .collect();
-                let logits = self.backend.forward(&chunks, LogitRows::Last)?;
+                let draws: Vec<TokenDraw> = active
+                    .iter()
+                    .map(|&i| TokenDraw::for_token(&requests[i], outputs[i].ids.len()))
+                    .collect();
+                let ids = self.backend.forward_and_sample(&chunks, &draws)?;
+                if ids.len() != active.len() {
+                    return Err(ModelError::request(format!(
+                        "the {} backend returned {} token ids for {} sequences",
+                        self.backend.describe(),
+                        ids.len(),
+                        active.len()
+                    )));
+                }
                 let mut still = Vec::with_capacity(active.len());
-                for (row, &i) in logits.chunks_exact(vocab).zip(&active) {
+                for (id, &i) in ids.into_iter().zip(&active) {
                     let r = &requests[i];
                     let out = &mut outputs[i];
-                    let u = sampling_uniform(r.seed, out.ids.len() as u64, 0);
-                    let id = sample_row(row, r.sampling, u) as u32;
                     out.ids.push(id);
                     on_token(i, id);
                     starts[i] += step_ids[i].len();

@@ -1,6 +1,7 @@
 //! The CUDA backend (feature `cuda`) against the CPU backend's `fp8` precision, against itself
 //! (cached decode vs one full pass) and against the transformers goldens; bad input must be an
-//! error, never a panic. Without a CUDA device (or the feature) each test prints
+//! error, never a panic; tokens sampled on the device are the ones host sampling of the same
+//! logits picks. Without a CUDA device (or the feature) each test prints
 //! `skipped: no CUDA device` and checks nothing.
 //!
 //! Bounds of CUDA fp8 vs CPU fp8 (per position: cosine >= 0.999, relative Frobenius <= 2e-2):
@@ -40,10 +41,14 @@ mod gpu {
     use kernels::gpu::{test_gpu, Gpu};
     use kernels::reference::sampling::SamplingParams;
     use model::cpu::{CpuModel, Precision, SeqChunk, Trace};
+    use model::cuda::sampling::sample_on_device;
     use model::cuda::{CudaBackend, CudaModel};
-    use model::engine::{Backend, CpuBackend, Engine, Generation, LogitRows, Request};
+    use model::engine::{
+        sample_on_host, Backend, CpuBackend, Engine, Generation, LogitRows, Request, TokenDraw,
+    };
     use model::speculative::{Drafter, SpecConfig};
     use model::tiny::{write_tiny, TINY_SEED};
+    use model::ModelConfig;
     use model::{Checkpoint, ModelError};
 
     use super::common::goldens::{fixture, load_goldens};
@@ -771,6 +776,143 @@ mod gpu {
                 let steps = 10usize.div_ceil(d + 1);
                 assert_eq!(stats.main_steps, steps, "{case}: {stats:?}");
             }
+        }
+    }
+
+    const TOP_P: SamplingParams = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+    };
+
+    /// One draw per sequence: all greedy, all top-p, or alternating (a batch with both kinds
+    /// runs the sampling kernel, whose greedy rows take its argmax path).
+    fn draw_sets(n: usize, step: usize) -> Vec<(&'static str, Vec<TokenDraw>)> {
+        let draw = |params, s: usize| {
+            TokenDraw::for_token(
+                &Request {
+                    sampling: params,
+                    seed: 1000 + s as u64,
+                    ..greedy_request(vec![0], 1)
+                },
+                step,
+            )
+        };
+        let pick = |f: fn(usize) -> SamplingParams| (0..n).map(|s| draw(f(s), s)).collect();
+        vec![
+            ("greedy", pick(|_| SamplingParams::GREEDY)),
+            ("top-p", pick(|_| TOP_P)),
+            (
+                "mixed",
+                pick(|s| {
+                    if s % 2 == 0 {
+                        SamplingParams::GREEDY
+                    } else {
+                        TOP_P
+                    }
+                }),
+            ),
+        ]
+    }
+
+    /// Device sampling of the backend's last logits rows picks what host sampling of the same
+    /// rows picks (greedy exactly; top-p unless a draw falls within f32 rounding of an interval
+    /// boundary, which the kernels' own check measures), and `forward_and_sample` returns those
+    /// ids.
+    #[test]
+    fn cuda_device_sampling_matches_host_sampling() {
+        let Some(gpu) = test_gpu("cuda_device_sampling_matches_host_sampling") else {
+            return;
+        };
+        let (_dir, ckpt) = tiny();
+        let mut cuda = cuda_backend(&ckpt, gpu, KV_BLOCKS);
+        let vocab = cuda.config().vocab_size;
+        let lens = [1usize, 5, 70, 3];
+        let ids: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(s, &l)| prompt(l, 50 + s, vocab))
+            .collect();
+        let tables = block_tables(&lens, KV_BLOCKS);
+        let seqs = chunks(&ids, &tables);
+        let logits = cuda.last_logits_on_device(&seqs).unwrap();
+        let host_logits = gpu.download(&logits).unwrap();
+        for step in [0usize, 9] {
+            for (kind, draws) in draw_sets(seqs.len(), step) {
+                let want = sample_on_host(&host_logits, vocab, &draws).unwrap();
+                let got = sample_on_device(gpu, &logits, &draws)
+                    .unwrap_or_else(|e| panic!("{kind}, token {step}: {e}"));
+                assert_eq!(got, want, "{kind} draws, token {step}: device vs host");
+                let got = cuda
+                    .forward_and_sample(&seqs, &draws)
+                    .unwrap_or_else(|e| panic!("{kind}, token {step}: {e}"));
+                assert_eq!(got, want, "{kind} draws, token {step}: forward_and_sample");
+            }
+        }
+        let err = cuda.forward_and_sample(&seqs, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("0 token draws for 4 sequences"),
+            "{err}"
+        );
+    }
+
+    /// The CUDA backend with the default (host) `forward_and_sample`: its forward passes,
+    /// sampled on the host from downloaded logits.
+    struct HostSampled<'a>(&'a mut CudaBackend<'static>);
+
+    impl Backend for HostSampled<'_> {
+        fn config(&self) -> &ModelConfig {
+            self.0.config()
+        }
+
+        fn describe(&self) -> String {
+            format!("{}, host sampling", self.0.describe())
+        }
+
+        fn kv_blocks(&self) -> usize {
+            self.0.kv_blocks()
+        }
+
+        fn forward(&mut self, seqs: &[SeqChunk], rows: LogitRows) -> model::Result<Vec<f32>> {
+            self.0.forward(seqs, rows)
+        }
+    }
+
+    /// Generation with device sampling produces each request's tokens of host sampling (greedy
+    /// and seeded top-p, batched).
+    #[test]
+    fn cuda_generate_with_device_sampling_matches_host_sampling() {
+        let Some(gpu) = test_gpu("cuda_generate_with_device_sampling_matches_host_sampling") else {
+            return;
+        };
+        let (_dir, ckpt) = tiny();
+        let mut cuda = cuda_backend(&ckpt, gpu, KV_BLOCKS);
+        let vocab = cuda.config().vocab_size;
+        let reqs: Vec<Request> = [(4, 1), (30, 2), (2, 3), (63, 4)]
+            .iter()
+            .map(|&(len, salt)| Request {
+                sampling: if salt % 2 == 0 {
+                    TOP_P
+                } else {
+                    SamplingParams::GREEDY
+                },
+                seed: 77 + salt as u64,
+                ..greedy_request(prompt(len, salt, vocab), 9)
+            })
+            .collect();
+        let host = Engine::new(HostSampled(&mut cuda))
+            .unwrap()
+            .generate(&reqs, |_, _| {})
+            .unwrap();
+        let device = Engine::new(cuda)
+            .unwrap()
+            .generate(&reqs, |_, _| {})
+            .unwrap();
+        for (r, (d, h)) in device.iter().zip(&host).enumerate() {
+            assert_eq!(
+                d, h,
+                "request {r} ({:?}): device vs host sampling",
+                reqs[r].sampling
+            );
         }
     }
 }

@@ -1,14 +1,16 @@
 //! The CPU backend and the generation engine on the built-in tiny model: the KV cache gives the
 //! same logits as a full recomputation, batching does not change results, fp8 tracks exact, and
-//! every bad request gets an error that names what is wrong.
+//! every bad request gets an error that names what is wrong; the backends' `forward_and_sample`
+//! hook chooses the tokens host sampling of the logits chose before it existed.
 
 mod common;
 
-use common::tiny::{engine, greedy, prompt};
+use common::tiny::{engine, greedy, prompt, tiny_model};
 use common::{argmax, cosine, rel_frobenius};
-use kernels::reference::sampling::SamplingParams;
-use model::cpu::Precision;
-use model::engine::{Request, StopReason};
+use kernels::reference::sampling::{sample_row, SamplingParams};
+use kernels::rng::sampling_uniform;
+use model::cpu::{Precision, SeqChunk};
+use model::engine::{Backend, CpuBackend, LogitRows, Request, StopReason, TokenDraw};
 use model::ModelError;
 
 #[test]
@@ -152,4 +154,141 @@ fn bad_requests_name_the_problem() {
             .len(),
         2
     );
+}
+
+const TOP_P: SamplingParams = SamplingParams {
+    temperature: 1.0,
+    top_p: 0.9,
+};
+
+/// Generation as the engine did it before `forward_and_sample`: one request alone, the
+/// backend's last logits rows sampled on the host with `sampling_uniform(seed, token index, 0)`.
+fn generate_with_host_logits(r: &Request, kv_blocks: usize) -> Vec<u32> {
+    let mut backend = CpuBackend::new(tiny_model(Precision::Exact), kv_blocks).unwrap();
+    let blocks: Vec<u32> = (0..kv_blocks as u32).collect();
+    let (mut ids, mut start, mut next) = (Vec::new(), 0, r.prompt.clone());
+    while ids.len() < r.max_new_tokens {
+        let chunk = SeqChunk {
+            ids: &next,
+            start,
+            blocks: &blocks,
+        };
+        let logits = backend.forward(&[chunk], LogitRows::Last).unwrap();
+        let u = sampling_uniform(r.seed, ids.len() as u64, 0);
+        let id = sample_row(&logits, r.sampling, u) as u32;
+        start += next.len();
+        next = vec![id];
+        ids.push(id);
+    }
+    ids
+}
+
+#[test]
+fn generate_keeps_each_requests_token_stream() {
+    let reqs = [
+        greedy(&prompt(9, 4), 7),
+        Request {
+            sampling: TOP_P,
+            seed: 42,
+            ..greedy(&prompt(20, 5), 7)
+        },
+        Request {
+            sampling: SamplingParams {
+                temperature: 0.6,
+                top_p: 1.0,
+            },
+            seed: 7,
+            ..greedy(&prompt(3, 6), 7)
+        },
+    ];
+    let mut e = engine(Precision::Exact, 8);
+    for (i, r) in reqs.iter().enumerate() {
+        let got = e.generate(std::slice::from_ref(r), |_, _| {}).unwrap();
+        let want = generate_with_host_logits(r, 8);
+        assert_eq!(got[0].ids, want, "request {i} ({:?})", r.sampling);
+    }
+}
+
+#[test]
+fn default_forward_and_sample_samples_the_last_rows_on_the_host() {
+    let mut backend = CpuBackend::new(tiny_model(Precision::Exact), 4).unwrap();
+    let vocab = backend.config().vocab_size;
+    let prompts = [prompt(5, 1), prompt(30, 2), prompt(1, 3)];
+    let tables: [Vec<u32>; 3] = [vec![2], vec![0], vec![3]];
+    let seqs: Vec<SeqChunk> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(ids, blocks)| SeqChunk {
+            ids,
+            start: 0,
+            blocks,
+        })
+        .collect();
+    let logits = backend.forward(&seqs, LogitRows::Last).unwrap();
+    let request = |sampling, seed| Request {
+        sampling,
+        seed,
+        ..greedy(&[1], 1)
+    };
+    let reqs = [
+        request(SamplingParams::GREEDY, 0),
+        request(TOP_P, 11),
+        request(TOP_P, 12),
+    ];
+    for step in [0usize, 5] {
+        let draws: Vec<TokenDraw> = reqs.iter().map(|r| TokenDraw::for_token(r, step)).collect();
+        // The same cache slots are rewritten with the same values: the logits do not change.
+        let got = backend.forward_and_sample(&seqs, &draws).unwrap();
+        let want: Vec<u32> = logits
+            .chunks_exact(vocab)
+            .zip(&reqs)
+            .map(|(row, r)| {
+                let u = sampling_uniform(r.seed, step as u64, 0);
+                sample_row(row, r.sampling, u) as u32
+            })
+            .collect();
+        assert_eq!(got, want, "token index {step}");
+    }
+}
+
+#[test]
+fn bad_token_draws_name_the_problem() {
+    let mut backend = CpuBackend::new(tiny_model(Precision::Exact), 1).unwrap();
+    let ids = prompt(4, 1);
+    let seqs = [SeqChunk {
+        ids: &ids,
+        start: 0,
+        blocks: &[0],
+    }];
+    let draw = TokenDraw {
+        params: SamplingParams::GREEDY,
+        uniform: 0.5,
+    };
+    let err = backend
+        .forward_and_sample(&seqs, &[draw, draw])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("2 token draws for 1 sequences"),
+        "{err}"
+    );
+    let out_of_range = TokenDraw {
+        uniform: 1.0,
+        ..draw
+    };
+    let err = backend
+        .forward_and_sample(&seqs, &[out_of_range])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("uniform must be in [0, 1)"),
+        "{err}"
+    );
+    let bad_top_p = TokenDraw {
+        params: SamplingParams {
+            temperature: 1.0,
+            top_p: 0.0,
+        },
+        ..draw
+    };
+    let err = backend.forward_and_sample(&seqs, &[bad_top_p]).unwrap_err();
+    assert!(err.to_string().contains("top_p"), "{err}");
 }

@@ -154,9 +154,11 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         out.push(check_argmax(gpu, rng, b, 129_280));
         out.push(check_sample(gpu, rng, b, 129_280, 0.7, 0.9));
         out.push(check_sample(gpu, rng, b, 129_280, 1.0, 1.0));
+        out.push(check_sample_with_uniforms(gpu, rng, b, 129_280));
     }
     out.push(check_argmax(gpu, rng, 3, 1000));
     out.push(check_sample(gpu, rng, 16, 50, 1.5, 0.5));
+    out.push(check_sample_with_uniforms(gpu, rng, 16, 50));
     out.push(check_bulk_copy(gpu, rng, 4096));
     out.push(check_tma_tile(gpu, rng, 150, 200));
     out.push(check_wgmma_bf16(gpu, rng, 256));

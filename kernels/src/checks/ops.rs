@@ -351,10 +351,73 @@ pub fn check_argmax(gpu: &Gpu, rng: &mut Rng, rows: usize, vocab: usize) -> Resu
     ))
 }
 
+/// How the sampled rows of one launch compare with `reference::sampling::sample_row`.
+#[derive(Debug, Default)]
+struct SampleVerdict {
+    exact: usize,
+    /// Rows whose draw lies within rounding of an interval boundary (see [`judge_samples`]).
+    near: usize,
+    bad: usize,
+}
+
+impl SampleVerdict {
+    fn report(self, name: &str, shape: String, rows: usize) -> CheckReport {
+        let SampleVerdict { exact, near, bad } = self;
+        CheckReport::new(name, shape, "bad_rows", bad as f64, 0.0).require(
+            near * 10 <= rows,
+            format!("{near} of {rows} rows were boundary near-misses (exact {exact})"),
+        )
+    }
+}
+
 /// GPU and host sum the probabilities in different orders, so a draw that falls within rounding
 /// of an interval boundary may pick a neighbour. Each row passes if it matches the reference, or
 /// if the GPU's token is in the reference nucleus and the draw lies within 1e-4 of the nucleus
-/// mass of that token's interval (f64 evaluation). At most 10% of rows may be such near-misses.
+/// mass of that token's interval (f64 evaluation). Greedy rows must match exactly. The callers
+/// allow at most 10% of rows to be such near-misses.
+fn judge_samples(
+    logits: &[f32],
+    vocab: usize,
+    params: &[SamplingParams],
+    uniforms: &[f32],
+    got: &[i32],
+) -> SampleVerdict {
+    let mut v = SampleVerdict::default();
+    for (r, row) in logits.chunks_exact(vocab).enumerate() {
+        let (p, u, g) = (params[r], uniforms[r], got[r]);
+        if g == reference::sampling::sample_row(row, p, u) {
+            v.exact += 1;
+        } else if p.temperature > 0.0 && near_boundary(row, p, u, g) {
+            v.near += 1;
+        } else {
+            v.bad += 1;
+        }
+    }
+    v
+}
+
+/// Whether token `g` is in the reference nucleus of `row` and the draw `u` lies within 1e-4 of
+/// the nucleus mass of its interval.
+fn near_boundary(row: &[f32], p: SamplingParams, u: f32, g: i32) -> bool {
+    let e = reference::sampling::row_weights(row, p.temperature);
+    let tau = reference::sampling::nucleus_threshold(&e, p.top_p);
+    let Some(&eg) = usize::try_from(g).ok().and_then(|g| e.get(g)) else {
+        return false;
+    };
+    let in_nucleus = |v: &&f32| **v >= tau;
+    let mass: f64 = e.iter().filter(in_nucleus).map(|&v| f64::from(v)).sum();
+    let before: f64 = e[..g as usize]
+        .iter()
+        .filter(in_nucleus)
+        .map(|&v| f64::from(v))
+        .sum();
+    let after = before + f64::from(eg);
+    let goal = f64::from(u) * mass;
+    let slack = 1e-4 * mass;
+    eg >= tau && goal >= before - slack && goal <= after + slack
+}
+
+/// Row r draws `sampling_uniform(seed, offset, r)`; see [`judge_samples`] for the tolerance.
 pub fn check_sample(
     gpu: &Gpu,
     rng: &mut Rng,
@@ -363,11 +426,7 @@ pub fn check_sample(
     temperature: f32,
     top_p: f32,
 ) -> Result<CheckReport> {
-    let mut logits = adversarial_logits(rng, rows, vocab);
-    // The planted 40.0 ties would make every draw trivial; keep them moderate.
-    for v in logits.iter_mut().filter(|v| **v == 40.0) {
-        *v = 4.0;
-    }
+    let logits = sampling_logits(rng, rows, vocab);
     let params = vec![SamplingParams { temperature, top_p }; rows];
     let (seed, offset) = (rng.next_u64(), rng.below(1 << 40));
     let dl = gpu.upload(&logits, &[rows, vocab])?;
@@ -376,41 +435,72 @@ pub fn check_sample(
     let mut dout = gpu.poisoned(&[rows])?;
     ops::sample(gpu, &dl, &dt, &dp, seed, offset, &mut dout)?;
     let got = gpu.download(&dout)?;
-    let expect = reference::sample(&logits, vocab, &params, seed, offset)?;
-    let (mut exact, mut near, mut bad) = (0usize, 0usize, 0usize);
-    for (r, row) in logits.chunks_exact(vocab).enumerate() {
-        if got[r] == expect[r] {
-            exact += 1;
-            continue;
-        }
-        let e = reference::sampling::row_weights(row, temperature);
-        let tau = reference::sampling::nucleus_threshold(&e, top_p);
-        let g = got[r];
-        let in_nucleus = g >= 0 && (g as usize) < vocab && e[g as usize] >= tau;
-        let mass: f64 = e.iter().filter(|&&v| v >= tau).map(|&v| f64::from(v)).sum();
-        let before: f64 = e[..g.max(0) as usize]
-            .iter()
-            .filter(|&&v| v >= tau)
-            .map(|&v| f64::from(v))
-            .sum();
-        let after = before + f64::from(e[g.max(0) as usize]);
-        let goal = f64::from(sampling_uniform(seed, offset, r as u64)) * mass;
-        let slack = 1e-4 * mass;
-        if in_nucleus && goal >= before - slack && goal <= after + slack {
-            near += 1;
-        } else {
-            bad += 1;
-        }
-    }
-    Ok(CheckReport::new(
-        "sample",
-        format!("[{rows}, {vocab}] T={temperature} top_p={top_p}"),
-        "bad_rows",
-        bad as f64,
-        0.0,
+    let uniforms: Vec<f32> = (0..rows as u64)
+        .map(|r| sampling_uniform(seed, offset, r))
+        .collect();
+    Ok(
+        judge_samples(&logits, vocab, &params, &uniforms, &got).report(
+            "sample",
+            format!("[{rows}, {vocab}] T={temperature} top_p={top_p}"),
+            rows,
+        ),
     )
-    .require(
-        near * 10 <= rows,
-        format!("{near} of {rows} rows were boundary near-misses (exact {exact})"),
-    ))
+}
+
+/// `ops::sample_with_uniforms` with different settings per row (every third row greedy, the
+/// others a random temperature, top_p 1 or random) and a given uniform per row, including the
+/// ends 0 and the largest f32 below 1; see [`judge_samples`] for the tolerance.
+pub fn check_sample_with_uniforms(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    rows: usize,
+    vocab: usize,
+) -> Result<CheckReport> {
+    let logits = sampling_logits(rng, rows, vocab);
+    let params: Vec<SamplingParams> = (0..rows)
+        .map(|r| match r % 3 {
+            0 => SamplingParams::GREEDY,
+            1 => SamplingParams {
+                temperature: rng.uniform(0.3, 2.0),
+                top_p: 1.0,
+            },
+            _ => SamplingParams {
+                temperature: rng.uniform(0.3, 2.0),
+                top_p: rng.uniform(0.05, 1.0),
+            },
+        })
+        .collect();
+    let uniforms: Vec<f32> = (0..rows)
+        .map(|r| match r % 5 {
+            0 => 0.0,
+            1 => 1.0 - f32::EPSILON / 2.0,
+            _ => rng.unit(),
+        })
+        .collect();
+    let temperature: Vec<f32> = params.iter().map(|p| p.temperature).collect();
+    let top_p: Vec<f32> = params.iter().map(|p| p.top_p).collect();
+    let dl = gpu.upload(&logits, &[rows, vocab])?;
+    let dt = gpu.upload(&temperature, &[rows])?;
+    let dp = gpu.upload(&top_p, &[rows])?;
+    let du = gpu.upload(&uniforms, &[rows])?;
+    let mut dout = gpu.poisoned(&[rows])?;
+    ops::sample_with_uniforms(gpu, &dl, &dt, &dp, &du, &mut dout)?;
+    let got = gpu.download(&dout)?;
+    Ok(
+        judge_samples(&logits, vocab, &params, &uniforms, &got).report(
+            "sample_with_uniforms",
+            format!("[{rows}, {vocab}] mixed greedy / T / top_p per row"),
+            rows,
+        ),
+    )
+}
+
+/// [`adversarial_logits`] with the planted 40.0 ties lowered to 4.0: at 40 every draw would be
+/// trivial.
+fn sampling_logits(rng: &mut Rng, rows: usize, vocab: usize) -> Vec<f32> {
+    let mut logits = adversarial_logits(rng, rows, vocab);
+    for v in logits.iter_mut().filter(|v| **v == 40.0) {
+        *v = 4.0;
+    }
+    logits
 }

@@ -16,7 +16,7 @@ pub use embedding::embedding;
 pub use fp8_quant::{quantize_fp8, silu_and_mul_quantize_fp8, Fp8Buffers};
 pub use rmsnorm::{fused_add_rms_norm, rms_norm};
 pub use rope::{apply_rope, RopeTable};
-pub use sampling::{argmax, sample};
+pub use sampling::{argmax, sample, sample_with_uniforms};
 pub use silu_mul::silu_and_mul;
 
 use crate::error::{Error, Result};

@@ -45,6 +45,20 @@ pub fn argmax(gpu: &Gpu, logits: &DeviceTensor<f32>, out: &mut DeviceTensor<i32>
     }
 }
 
+/// Checks the per-row parameter tensors of a sampling call: (rows, vocab) of `logits`.
+fn sampling_shapes(
+    op: &'static str,
+    logits: &DeviceTensor<f32>,
+    temperature: &DeviceTensor<f32>,
+    top_p: &DeviceTensor<f32>,
+    out: &DeviceTensor<i32>,
+) -> Result<(usize, usize)> {
+    let (rows, vocab) = rows_vocab(op, logits, out)?;
+    temperature.expect_shape(op, "temperature", &[rows])?;
+    top_p.expect_shape(op, "top_p", &[rows])?;
+    Ok((rows, vocab))
+}
+
 /// Seeded temperature / top-p sampling, the rule of `reference::sampling`. `temperature` and
 /// `top_p` are per row ([rows]); row r draws `rng::sampling_uniform(seed, offset, r)`.
 /// Parameter values are validated by the caller (`SamplingParams::validate`) before upload.
@@ -58,9 +72,7 @@ pub fn sample(
     out: &mut DeviceTensor<i32>,
 ) -> Result<()> {
     const OP: &str = "sample";
-    let (rows, vocab) = rows_vocab(OP, logits, out)?;
-    temperature.expect_shape(OP, "temperature", &[rows])?;
-    top_p.expect_shape(OP, "top_p", &[rows])?;
+    let (rows, vocab) = sampling_shapes(OP, logits, temperature, top_p, out)?;
     if rows == 0 {
         return Ok(());
     }
@@ -84,6 +96,52 @@ pub fn sample(
     unsafe {
         gpu.launch(
             "sample_f32",
+            args,
+            grid_1d(as_i32(OP, "rows", rows)? as u32, THREADS, 0),
+        )
+    }
+}
+
+/// [`sample`] with the uniform of each row given: row r uses `uniforms[r]` ([rows], in [0, 1))
+/// instead of a draw from one (seed, offset) stream, so rows from different requests can follow
+/// their own streams (the engine draws `rng::sampling_uniform(request seed, token index, 0)`).
+/// With the same uniforms the result is `reference::sampling::sample_row` of each row. Values
+/// are the caller's to validate; a uniform outside [0, 1) picks an end of the nucleus, never an
+/// index outside the row.
+pub fn sample_with_uniforms(
+    gpu: &Gpu,
+    logits: &DeviceTensor<f32>,
+    temperature: &DeviceTensor<f32>,
+    top_p: &DeviceTensor<f32>,
+    uniforms: &DeviceTensor<f32>,
+    out: &mut DeviceTensor<i32>,
+) -> Result<()> {
+    const OP: &str = "sample_with_uniforms";
+    let (rows, vocab) = sampling_shapes(OP, logits, temperature, top_p, out)?;
+    uniforms.expect_shape(OP, "uniforms", &[rows])?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&SAMPLING, "sample_uniforms_f32")?;
+    let (lp, tp, pp, up, op) = (
+        logits.device_ptr(gpu),
+        temperature.device_ptr(gpu),
+        top_p.device_ptr(gpu),
+        uniforms.device_ptr(gpu),
+        out.device_ptr(gpu),
+    );
+    let vocab_i = as_i32(OP, "vocab", vocab)?;
+    let mut args = gpu.stream().launch_builder(&f);
+    args.arg(&lp)
+        .arg(&tp)
+        .arg(&pp)
+        .arg(&up)
+        .arg(&op)
+        .arg(&vocab_i);
+    // SAFETY: logits [rows, vocab], temperature/top_p/uniforms/out [rows], checked above.
+    unsafe {
+        gpu.launch(
+            "sample_uniforms_f32",
             args,
             grid_1d(as_i32(OP, "rows", rows)? as u32, THREADS, 0),
         )

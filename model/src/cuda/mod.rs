@@ -12,6 +12,8 @@
 //!
 //! - [`mtp`]: the MTP module (spec §3.4) with its own device KV cache, behind the MTP hooks of
 //!   [`Backend`] (speculative decoding and `logits --mtp`).
+//! - [`sampling`]: the next token chosen on the device ([`Backend::forward_and_sample`]), so
+//!   decode steps download ids, not logits.
 
 pub mod attention;
 pub mod checks;
@@ -20,6 +22,7 @@ pub mod forward;
 pub mod glue;
 pub mod mtp;
 pub mod profile;
+pub mod sampling;
 pub mod synthetic;
 pub mod weights;
 
@@ -34,7 +37,7 @@ use mla_attention::{BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::cpu::{check_chunks, MtpOutput, SeqChunk, Trace};
-use crate::engine::{Backend, LogitRows};
+use crate::engine::{check_draws, Backend, LogitRows, TokenDraw};
 use crate::error::{ModelError, Result};
 
 use forward::CallState;
@@ -237,6 +240,24 @@ impl<'g> CudaBackend<'g> {
             return Ok((Vec::new(), Vec::new()));
         }
         let gpu = self.gpu;
+        let (h, logits) = self.run_on_device(seqs, rows, trace)?;
+        let hidden = if want_hidden {
+            gpu.download(&h)?.iter().map(|v| v.to_f32()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok((gpu.download(&logits)?, hidden))
+    }
+
+    /// The forward pass over checked, non-empty `seqs`, leaving its results on the device:
+    /// `h_final` (`[T, hidden]` BF16) and the logits rows asked for (`[rows, vocab]` f32).
+    fn run_on_device(
+        &mut self,
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+        trace: Option<&mut Trace>,
+    ) -> Result<(DeviceTensor<bf16>, DeviceTensor<f32>)> {
+        let gpu = self.gpu;
         // A call that failed on the host half-way may have left a code in the status word.
         self.status.reset(gpu)?;
         let mut state = CallState {
@@ -248,12 +269,18 @@ impl<'g> CudaBackend<'g> {
         let h = self.model.forward_hidden(gpu, seqs, &mut state, trace)?;
         let logits = self.model.logits(gpu, &h, seqs, rows, &mut self.status)?;
         self.status.check(gpu, "cuda forward")?;
-        let hidden = if want_hidden {
-            gpu.download(&h)?.iter().map(|v| v.to_f32()).collect()
-        } else {
-            Vec::new()
-        };
-        Ok((gpu.download(&logits)?, hidden))
+        Ok((h, logits))
+    }
+
+    /// The [`LogitRows::Last`] logits of `seqs` (`[seqs, vocab]` f32), left on the device: what
+    /// [`Backend::forward_and_sample`] samples from. Public so tests can sample the very same
+    /// logits on the host.
+    pub fn last_logits_on_device(&mut self, seqs: &[SeqChunk]) -> Result<DeviceTensor<f32>> {
+        self.check(seqs)?;
+        if seqs.is_empty() {
+            return zeros(self.gpu, &[0, self.model.cfg.vocab_size], "logits");
+        }
+        Ok(self.run_on_device(seqs, LogitRows::Last, None)?.1)
     }
 
     /// [`Backend::forward`] that also returns the [`Trace`] (residual stream after the embedding
@@ -285,6 +312,13 @@ impl Backend for CudaBackend<'_> {
 
     fn forward(&mut self, seqs: &[SeqChunk], rows: LogitRows) -> Result<Vec<f32>> {
         self.run(seqs, rows, None)
+    }
+
+    /// Samples on the device: only the chosen ids (`[seqs]` i32) come back to the host.
+    fn forward_and_sample(&mut self, seqs: &[SeqChunk], draws: &[TokenDraw]) -> Result<Vec<u32>> {
+        check_draws(seqs, draws)?;
+        let logits = self.last_logits_on_device(seqs)?;
+        sampling::sample_on_device(self.gpu, &logits, draws)
     }
 
     fn forward_with_hidden(
