@@ -27,7 +27,7 @@ use crate::cases::DecodeInputs;
 use crate::gpu::{self, DecodeWorkspace, PagedCache};
 use crate::reference::{
     decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM,
-    KV_LORA_RANK,
+    KV_LORA_RANK, MAX_CHUNK_LEN,
 };
 
 const KERNEL: &str = "mla_decode_bf16";
@@ -422,8 +422,8 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     if !matches!(&err, Err(Error::Shape { detail, .. }) if detail.contains("lse")) {
         failures.push(format!("wrong lse shape: {err:?}"));
     }
-    if DecodeWorkspace::new(gpu, 1, 5, 16).is_ok() {
-        failures.push("S_q = 5 accepted".into());
+    if DecodeWorkspace::new(gpu, 1, MAX_CHUNK_LEN + 1, 16).is_ok() {
+        failures.push(format!("S_q = {} accepted", MAX_CHUNK_LEN + 1));
     }
     Ok(CheckReport::new(
         KERNEL,
@@ -465,6 +465,9 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         case(vec![4096], 1, 128, None, false),
         case(vec![4096; 4], 2, 128, None, true),
     ];
+    // Prefill chunks (S_q up to 64: many row tiles, causal limits across tiles and blocks).
+    cases.push(case(vec![64, 100, 1000], 64, 16, None, false));
+    cases.push(case(vec![37, 2100], 37, 128, None, false));
     let fp8_cases = [
         case(vec![1, 63, 64, 65], 1, 128, None, false),
         case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),

@@ -23,7 +23,7 @@ use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu, LaunchConfig, PushKernelArg}
 use kernels::{Error, Result};
 
 use crate::cubins::MLA_DECODE;
-use crate::reference::{BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM, KV_LORA_RANK, MAX_QUERY_LEN};
+use crate::reference::{BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM, KV_LORA_RANK, MAX_CHUNK_LEN};
 
 const OP: &str = "mla_decode";
 
@@ -105,7 +105,8 @@ pub struct DecodeWorkspace {
 }
 
 impl DecodeWorkspace {
-    /// Buffers for `batch` sequences of `s_q` (1..=4) query tokens with `heads` heads.
+    /// Buffers for `batch` sequences of `s_q` query tokens with `heads` heads: 1..=4 for decode,
+    /// up to [`MAX_CHUNK_LEN`] for a prefill chunk.
     pub fn new(gpu: &Gpu, batch: usize, s_q: usize, heads: usize) -> Result<Self> {
         check_dims(batch, s_q, heads)?;
         let rows = s_q * heads;
@@ -175,10 +176,10 @@ impl DecodeWorkspace {
 }
 
 fn check_dims(batch: usize, s_q: usize, heads: usize) -> Result<()> {
-    if !(1..=MAX_QUERY_LEN).contains(&s_q) {
+    if !(1..=MAX_CHUNK_LEN).contains(&s_q) {
         return Err(Error::invalid(
             OP,
-            format!("S_q is {s_q}, must be in 1..={MAX_QUERY_LEN}"),
+            format!("S_q is {s_q}, must be in 1..={MAX_CHUNK_LEN}"),
         ));
     }
     if heads == 0 {

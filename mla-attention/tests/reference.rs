@@ -408,7 +408,7 @@ proptest! {
     fn paged_equals_contiguous(
         seed in any::<u64>(),
         lens in prop::collection::vec(seqlen(), 1..=4),
-        s_q in 1usize..=MAX_QUERY_LEN,
+        s_q in prop_oneof![3 => 1usize..=MAX_QUERY_LEN, 1 => MAX_QUERY_LEN + 1..=MAX_CHUNK_LEN],
         heads in 1usize..=3,
     ) {
         let lens: Vec<usize> = lens.iter().map(|&l| l.max(s_q)).collect();
@@ -784,7 +784,7 @@ fn paged_errors() {
     );
     expect_err(run(&s, &t, &[70, -3]), "cache_seqlens -3");
 
-    for q_len in [0, 5] {
+    for q_len in [0, MAX_CHUNK_LEN + 1] {
         let shape = PagedShape { q_len, ..s };
         expect_err(run(&shape, &t, &l), "S_q");
     }

@@ -4,7 +4,7 @@
 //! - [`absorbed`]: the absorbed form: query absorption, decode attention over a contiguous cache
 //!   in latent space (output and log-sum-exp), output absorption, and `softmax_scale`.
 //! - [`paged`]: the decode kernel's contract over a paged BF16 cache (block tables, ragged
-//!   lengths, 1..=4 causal query tokens) and the KV append.
+//!   lengths, 1..=4 causal query tokens, or prefill chunks of up to 64) and the KV append.
 //! - [`fp8_cache`]: the 656-byte FP8 cache entry (codec, byte layout) and decode over it.
 //!
 //! f32 arithmetic throughout, one rounding per stored value; the tests hold f64 versions.
@@ -22,7 +22,7 @@ pub use fp8_cache::{
     paged_decode_fp8, FP8_ENTRY_BYTES,
 };
 pub use naive::naive_attention;
-pub use paged::{append_kv, paged_decode, PagedShape, BLOCK_SIZE, MAX_QUERY_LEN};
+pub use paged::{append_kv, paged_decode, PagedShape, BLOCK_SIZE, MAX_CHUNK_LEN, MAX_QUERY_LEN};
 
 use kernels::{Error, Result};
 

@@ -10,7 +10,8 @@
 //! - `cache_seqlens` `[batch]` i32, ragged: the number of valid entries of each sequence, the new
 //!   tokens included.
 //! - q `[batch, S_q, H, 576]`: the packed absorbed query `[q_lat (512) ; q_pe (64)]`, S_q in
-//!   1..=4. The S_q query tokens are the LAST S_q entries of their sequence's cache and are causal
+//!   1..=4 for decode and speculative verification, up to [`MAX_CHUNK_LEN`] for a prefill chunk
+//!   attended in the same absorbed (MQA) form. The S_q query tokens are the LAST S_q entries of their sequence's cache and are causal
 //!   among themselves: query i sees cache positions `0 .. seqlen - S_q + i + 1`.
 //! - outputs: o_lat `[batch, S_q, H, 512]` f32 (the kernel rounds it to BF16) and
 //!   lse `[batch, S_q, H]` f32, the natural-log log-sum-exp of the scaled scores.
@@ -27,13 +28,18 @@ const APPEND_OP: &str = "mla_append_kv";
 pub const BLOCK_SIZE: usize = 64;
 /// Most query tokens per sequence in one decode call (1 plus up to 3 speculative tokens).
 pub const MAX_QUERY_LEN: usize = 4;
+/// Most query tokens per sequence in one paged attention call of any kind: decode steps use
+/// 1..=[`MAX_QUERY_LEN`]; prompts are attended in chunks of up to this many tokens in the same
+/// absorbed form (the kernel is the same; only the causal limits differ per query row).
+pub const MAX_CHUNK_LEN: usize = 64;
 
 /// The sizes a paged call is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PagedShape {
     /// Sequences in the batch.
     pub batch: usize,
-    /// New tokens per sequence: S_q for decode (1..=4), the appended tokens for `append_kv`.
+    /// New tokens per sequence: S_q (1..=4 for decode, up to [`MAX_CHUNK_LEN`] for a prefill
+    /// chunk), the appended tokens for `append_kv`.
     pub q_len: usize,
     /// Columns of the block table.
     pub max_blocks: usize,
@@ -113,7 +119,7 @@ pub fn slot(shape: &PagedShape, block_table: &[i32], b: usize, p: usize) -> usiz
 }
 
 /// Decode attention over the paged cache (layouts in the module docs), softmax online over the
-/// 64-entry blocks as the kernel walks them, in f32. `shape.q_len` is S_q (1..=4). The query and
+/// 64-entry blocks as the kernel walks them, in f32. `shape.q_len` is S_q (1..=64). The query and
 /// cache element types are independent (BF16 for the kernel, f32 for checks).
 pub fn paged_decode<Q: Float, C: Float>(
     shape: &PagedShape,
@@ -124,10 +130,10 @@ pub fn paged_decode<Q: Float, C: Float>(
     cache_seqlens: &[i32],
     softmax_scale: f32,
 ) -> Result<DecodeOutput> {
-    if !(1..=MAX_QUERY_LEN).contains(&shape.q_len) {
+    if !(1..=MAX_CHUNK_LEN).contains(&shape.q_len) {
         return Err(Error::invalid(
             OP,
-            format!("S_q is {}, must be in 1..={MAX_QUERY_LEN}", shape.q_len),
+            format!("S_q is {}, must be in 1..={MAX_CHUNK_LEN}", shape.q_len),
         ));
     }
     if heads == 0 {

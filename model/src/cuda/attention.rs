@@ -1,14 +1,16 @@
 //! MLA on the device (spec §3.1, absorbed form): q path, KV append into the paged BF16 cache,
 //! query absorption, the mla-attention crate's paged decode kernel, output absorption, o_proj.
 //!
-//! The decode kernel takes at most 4 new tokens per sequence (S_q <= 4) and one S_q per launch,
-//! so a call's tokens are attended in rounds: round r covers tokens 4r..4r+4 of every sequence,
-//! and each round launches once per distinct S_q (sequences grouped by how many tokens they have
-//! left). All new entries are appended to the cache before any round runs; the kernel's causal
-//! rule (query i of S_q sees `seqlen - S_q + i + 1` entries) hides the later ones. Decode steps
-//! are one launch; a P-token prefill is ceil(P / 4) launches per layer, plus a gather of the
-//! round's queries and a scatter of its outputs: correct, not fast (a prefill attention kernel
-//! would replace the rounds).
+//! The paged attention kernel takes up to 64 new tokens per sequence (S_q <= MAX_CHUNK_LEN; decode
+//! steps use 1..=4) and one S_q per launch, so a call's tokens are attended in rounds: round r
+//! covers tokens 64r..64r+64 of every sequence, and each round launches once per distinct S_q
+//! (sequences grouped by how many tokens they have left). All new entries are appended to the
+//! cache before any round runs; the kernel's causal rule (query i of S_q sees
+//! `seqlen - S_q + i + 1` entries) hides the later ones. Decode steps are one launch; a P-token
+//! prefill is ceil(P / 64) launches per layer, plus a gather of the round's queries and a scatter
+//! of its outputs. This is the absorbed (MQA) prefill form: 576 + 512 multiply-adds per head and
+//! visible token, about 3.4x the flops of the MHA form (192 + 128) that a dedicated prefill kernel
+//! would use for long prompts.
 
 use std::collections::HashMap;
 
@@ -27,8 +29,10 @@ use super::glue::{absorb_output, absorb_query, copy_rows, kv_append};
 use super::profile::{mark, OpMarks};
 use super::weights::{upload, zeros, Fp8Linear, GpuAttention, GpuQuery};
 
-/// Most new tokens per sequence one decode launch takes.
-const MAX_S_Q: usize = mla_attention::reference::MAX_QUERY_LEN;
+/// Most new tokens per sequence one attention launch takes (a prefill chunk).
+const MAX_S_Q: usize = mla_attention::reference::MAX_CHUNK_LEN;
+/// Most new tokens per sequence of a decode (or speculative verification) step.
+const MAX_DECODE_S_Q: usize = mla_attention::reference::MAX_QUERY_LEN;
 
 /// `y = x W^T` through the FP8 GEMM: x `[M, K]` BF16 is quantized per token per 128 channels
 /// (block-major scales, the GEMM's A layout), the GEMM writes BF16 `[M, N]`.
@@ -95,7 +99,34 @@ pub fn positions_and_slots(seqs: &[SeqChunk]) -> (Vec<i32>, Vec<i32>) {
     (positions, slots)
 }
 
-/// The decode launches of a call: round r takes tokens `4r..4r + 4` of every sequence, one
+/// Most cached decode workspaces. Decode shapes (batch, S_q <= 4) recur every step and stay;
+/// prefill chunks come in many shapes, and a chunk's split partials are large (S_q * H rows of
+/// 512 f32 per split), so when the map is full the prefill workspaces are dropped first.
+const MAX_CACHED_WORKSPACES: usize = 32;
+
+/// The workspace of shape (batch, S_q), created on first use.
+fn workspace_for<'w>(
+    gpu: &Gpu,
+    workspaces: &'w mut HashMap<(usize, usize), DecodeWorkspace>,
+    batch: usize,
+    s_q: usize,
+    heads: usize,
+) -> Result<&'w mut DecodeWorkspace> {
+    if !workspaces.contains_key(&(batch, s_q)) && workspaces.len() >= MAX_CACHED_WORKSPACES {
+        workspaces.retain(|&(_, cached_s_q), _| cached_s_q <= MAX_DECODE_S_Q);
+        if workspaces.len() >= MAX_CACHED_WORKSPACES {
+            workspaces.clear();
+        }
+    }
+    Ok(match workspaces.entry((batch, s_q)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(DecodeWorkspace::new(gpu, batch, s_q, heads)?)
+        }
+    })
+}
+
+/// The attention launches of a call: round r takes tokens `64r..64r + 64` of every sequence, one
 /// launch per distinct S_q among them (module docs).
 pub fn attention_rounds(seqs: &[SeqChunk]) -> Vec<HostGroup> {
     let mut first_row = Vec::with_capacity(seqs.len());
@@ -262,12 +293,7 @@ impl GpuAttention {
             )?;
             let mut og = zeros(gpu, &[g.batch, g.s_q, heads, KV_LORA_RANK], "round output")?;
             let mut lse = zeros(gpu, &[g.batch, g.s_q, heads], "round lse")?;
-            let ws = match workspaces.entry((g.batch, g.s_q)) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(DecodeWorkspace::new(gpu, g.batch, g.s_q, heads)?)
-                }
-            };
+            let ws = workspace_for(gpu, workspaces, g.batch, g.s_q, heads)?;
             paged_decode(
                 gpu,
                 ws,
@@ -353,12 +379,13 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
-        // Round 0: s_q 1 (sequence 1) and s_q 4 (sequences 0 and 2).
-        assert_eq!((groups[0].s_q, groups[0].batch), (1, 1));
-        assert_eq!((groups[1].s_q, groups[1].batch), (4, 2));
-        // 70 = 17 * 4 + 2: the last round of sequence 0 has 2 tokens.
+        // Round 0: s_q 1 (sequence 1), 6 (sequence 2) and 64 (sequence 0).
+        let round0: Vec<_> = groups[..3].iter().map(|g| (g.s_q, g.batch)).collect();
+        assert_eq!(round0, [(1, 1), (6, 1), (MAX_S_Q, 1)]);
+        // 70 = 64 + 6: the last round of sequence 0 has 6 tokens.
         let last = groups.last().unwrap();
-        assert_eq!((last.s_q, last.batch, last.lens[0]), (2, 1, 70));
+        assert_eq!(groups.len(), 4);
+        assert_eq!((last.s_q, last.batch, last.lens[0]), (6, 1, 70));
         let (pos, slots) = positions_and_slots(&seqs);
         assert_eq!((pos[64], slots[64]), (64, 4 * 64));
         assert_eq!((pos[71], slots[71]), (100, 7 * 64 + 36));
