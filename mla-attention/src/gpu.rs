@@ -240,67 +240,14 @@ pub fn plan(
 /// Decode attention with the schedule of the last [`plan`] on `ws` (same `cache_seqlens`).
 ///
 /// - q `[batch, S_q, H, 576]` BF16, the packed absorbed query;
-/// - cache `[num_blocks, 64, 576]` BF16;
+/// - cache: [`PagedCache::Bf16`] `[num_blocks, 64, 576]`, or [`PagedCache::Fp8`]
+///   `[num_blocks, 64, 656]` bytes (16-byte aligned), whose entries are dequantized to BF16 in
+///   shared memory (as `reference::decode_cache_bf16`): attention over those BF16 entries,
+///   reading 57% of the BF16 cache's bytes;
 /// - block_table `[batch, max_blocks]` i32;
 /// - o_lat `[batch, S_q, H, 512]` BF16 and lse `[batch, S_q, H]` f32 (natural log), written.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
-    gpu: &Gpu,
-    ws: &mut DecodeWorkspace,
-    q: &DeviceTensor<bf16>,
-    cache: &DeviceTensor<bf16>,
-    block_table: &DeviceTensor<i32>,
-    softmax_scale: f32,
-    o_lat: &mut DeviceTensor<bf16>,
-    lse: &mut DeviceTensor<f32>,
-    status: &mut DeviceStatus,
-) -> Result<()> {
-    let cache = PagedCache::Bf16(cache);
-    decode_paged_cache(
-        gpu,
-        ws,
-        q,
-        cache,
-        block_table,
-        softmax_scale,
-        o_lat,
-        lse,
-        status,
-    )
-}
-
-/// [`decode`] over a paged FP8 cache `[num_blocks, 64, 656]` bytes (16-byte aligned): the
-/// entries are dequantized to BF16 in shared memory (as `reference::decode_cache_bf16`), so the
-/// result is attention over those BF16 entries, reading 57% of the BF16 cache's bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn decode_fp8(
-    gpu: &Gpu,
-    ws: &mut DecodeWorkspace,
-    q: &DeviceTensor<bf16>,
-    cache: &DeviceTensor<u8>,
-    block_table: &DeviceTensor<i32>,
-    softmax_scale: f32,
-    o_lat: &mut DeviceTensor<bf16>,
-    lse: &mut DeviceTensor<f32>,
-    status: &mut DeviceStatus,
-) -> Result<()> {
-    let cache = PagedCache::Fp8(cache);
-    decode_paged_cache(
-        gpu,
-        ws,
-        q,
-        cache,
-        block_table,
-        softmax_scale,
-        o_lat,
-        lse,
-        status,
-    )
-}
-
-/// [`decode`] / [`decode_fp8`] for either cache layout.
-#[allow(clippy::too_many_arguments)]
-pub fn decode_paged_cache(
     gpu: &Gpu,
     ws: &mut DecodeWorkspace,
     q: &DeviceTensor<bf16>,
@@ -417,7 +364,7 @@ pub fn decode_paged_cache(
     unsafe { gpu.launch("mla_decode_combine", args, cfg) }
 }
 
-/// [`plan`] then [`decode`]: the whole decode attention of one step.
+/// [`paged_decode_any`] over a BF16 cache.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_decode(
     gpu: &Gpu,
@@ -436,26 +383,8 @@ pub fn paged_decode(
     paged_decode_any(gpu, ws, q, cache, args, o_lat, lse, status)
 }
 
-/// [`plan`] then [`decode_fp8`]: the whole decode attention of one step over an FP8 cache.
-#[allow(clippy::too_many_arguments)]
-pub fn paged_decode_fp8(
-    gpu: &Gpu,
-    ws: &mut DecodeWorkspace,
-    q: &DeviceTensor<bf16>,
-    cache: &DeviceTensor<u8>,
-    block_table: &DeviceTensor<i32>,
-    cache_seqlens: &DeviceTensor<i32>,
-    softmax_scale: f32,
-    o_lat: &mut DeviceTensor<bf16>,
-    lse: &mut DeviceTensor<f32>,
-    status: &mut DeviceStatus,
-) -> Result<()> {
-    let cache = PagedCache::Fp8(cache);
-    let args = (block_table, cache_seqlens, softmax_scale);
-    paged_decode_any(gpu, ws, q, cache, args, o_lat, lse, status)
-}
-
-/// [`plan`] then [`decode_paged_cache`]; `tables` = (block_table, cache_seqlens, softmax_scale).
+/// [`plan`] then [`decode`]: the whole decode attention of one step, either cache layout;
+/// `tables` = (block_table, cache_seqlens, softmax_scale).
 #[allow(clippy::too_many_arguments)]
 pub fn paged_decode_any(
     gpu: &Gpu,
@@ -478,7 +407,7 @@ pub fn paged_decode_any(
         }
     };
     plan(gpu, ws, cache_seqlens, max_blocks, status)?;
-    decode_paged_cache(
+    decode(
         gpu,
         ws,
         q,
