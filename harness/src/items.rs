@@ -100,6 +100,21 @@ pub fn all_items(quick: bool) -> Vec<BenchItem> {
             #[cfg(feature = "cuda")]
             gpu: Some(gpu_items::mla_decode(case)),
         });
+        // The naive cuBLAS peer of the same case (mla_attention::peer): a paged-KV gather, two
+        // strided-batched GEMMs and a softmax, all four timed. GPU only; a CPU run lists it as
+        // skipped. Same minimal bytes and flops as ours, so GB/s and TFLOP/s compare directly
+        // (the peer moves far more: the gathered KV copy and the f32 scores).
+        items.push(BenchItem {
+            suite: "mla-attention",
+            kernel: case.kernel().to_string(),
+            implementation: mla_attention::cases::PEER,
+            shape: case.shape(),
+            bytes: case.bytes(),
+            flops: case.flops(),
+            cpu: None,
+            #[cfg(feature = "cuda")]
+            gpu: Some(gpu_items::mla_decode_peer(case)),
+        });
     }
     items
 }
@@ -162,6 +177,19 @@ pub mod gpu_items {
                 launch: mla_attention::cases::gpu_runner(gpu, &case, rng)?,
                 check: None,
             }))
+        })
+    }
+
+    /// The naive cuBLAS peer of an MLA decode case; its check is its output against the reference
+    /// on the same inputs (our kernel's thresholds). Not measured when libcublas is missing.
+    pub fn mla_decode_peer(case: mla_attention::cases::DecodeCase) -> GpuFactory {
+        Box::new(move |gpu, rng| {
+            Ok(
+                mla_attention::cases::peer_run(gpu, &case, rng)?.map(|run| GpuRun {
+                    launch: run.launch,
+                    check: Some(run.check),
+                }),
+            )
         })
     }
 

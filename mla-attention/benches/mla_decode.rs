@@ -2,7 +2,10 @@
 //! `harness bench` uses). With a GPU (built with `--features cuda`) each iteration batch (plan,
 //! decode, combine) is timed with CUDA events via `iter_custom`; without one the Rust reference
 //! (`reference::paged_decode`) is timed on the quick cases small enough for it, labelled `cpu/`.
-//! Throughput is in bytes (the KV cache read dominates).
+//! Throughput is in bytes (the KV cache read dominates). On the GPU every case is also timed for
+//! the naive cuBLAS peer (`mla_attention::peer`: paged-KV gather, two strided-batched GEMMs and a
+//! softmax, all four timed), named `<case>@cublas_naive`, with the same minimal byte count so the
+//! throughputs compare directly.
 
 #[path = "../../kernels/benches/support/mod.rs"]
 mod support;
@@ -21,13 +24,31 @@ fn describe(case: &DecodeCase) -> Named {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn describe_peer(case: &DecodeCase) -> Named {
+    Named {
+        name: format!("{}@{}", case.name(), mla_attention::peer::NAME),
+        ..describe(case)
+    }
+}
+
 fn benches(c: &mut Criterion) {
     support::gpu_or_cpu(
         c,
         #[cfg(feature = "cuda")]
         |c, gpu| {
             let cases = decode_cases(false);
-            support::gpu_group(c, gpu, &cases, describe, mla_attention::cases::gpu_runner)
+            support::gpu_group(c, gpu, &cases, describe, mla_attention::cases::gpu_runner);
+            match mla_attention::peer::cublas_missing() {
+                None => support::gpu_group(
+                    c,
+                    gpu,
+                    &cases,
+                    describe_peer,
+                    mla_attention::cases::peer_gpu_runner,
+                ),
+                Some(why) => kernels::report_skip("mla_decode peer", &why),
+            }
         },
         |c| {
             let cases: Vec<DecodeCase> = decode_cases(true)

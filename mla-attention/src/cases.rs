@@ -2,12 +2,17 @@
 //! bench (`cargo bench -p mla-attention`), and the random paged inputs the checks share.
 //!
 //! From the issue: B in {1, 32, 128} x seqlen 4096 x S_q 1, H = 128 (the quick list), plus
-//! S_q = 2 and seqlens 1024 / 16384 in the full list.
+//! S_q = 2 and seqlens 1024 / 16384 in the full list. Every case is also run by the naive cuBLAS
+//! peer ([`crate::peer`], with the `cuda` feature): `harness bench` reports ours next to it.
 
 use half::bf16;
 use kernels::rng::Rng;
 
 use crate::reference::{paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};
+
+/// The implementation name of the naive cuBLAS peer in bench reports (`crate::peer`, built with
+/// the `cuda` feature; without it the harness lists the peer as not measured).
+pub const PEER: &str = "cublas_naive";
 
 /// DeepSeek-V3's softmax scale without YaRN's mscale: (128 + 64)^-0.5.
 pub const V3_SOFTMAX_SCALE: f32 = 0.072_168_78;
@@ -194,14 +199,15 @@ pub fn cpu_runner(case: &DecodeCase, rng: &mut Rng) -> Box<dyn FnMut()> {
 const _: () = assert!(KV_DIM == KV_LORA_RANK + ROPE_DIM);
 
 #[cfg(feature = "cuda")]
-pub use gpu_cases::gpu_runner;
+pub use gpu_cases::{gpu_runner, peer_gpu_runner, peer_run, PeerRun};
 
 #[cfg(feature = "cuda")]
 mod gpu_cases {
     use super::*;
     use crate::gpu::{paged_decode, DecodeWorkspace};
+    use crate::peer::{self, PeerCall};
     use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu};
-    use kernels::Result;
+    use kernels::{Error, Result};
 
     /// Uploads the case's inputs and returns a closure that runs one decode step (plan, decode,
     /// combine; no synchronization: time it with events).
@@ -235,5 +241,61 @@ mod gpu_cases {
                 &mut status,
             )
         }))
+    }
+
+    /// The naive cuBLAS peer ([`crate::peer`]) prepared on the case's inputs, with the result of
+    /// holding its output to our kernel's thresholds.
+    pub struct PeerRun<'a> {
+        /// One peer call per call (gather, two batched GEMMs, softmax; no synchronization).
+        pub launch: Box<dyn FnMut() -> Result<()> + 'a>,
+        /// The comparison with the reference on the same inputs, and what is timed.
+        pub check: String,
+    }
+
+    impl std::fmt::Debug for PeerRun<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PeerRun")
+                .field("check", &self.check)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// Uploads the case's inputs, runs the peer once into poisoned outputs and compares it with
+    /// the reference (sampled sequences and heads on large cases). `Ok(Err(why))` when libcublas
+    /// cannot be loaded.
+    pub fn peer_run<'a>(
+        gpu: &'a Gpu,
+        case: &DecodeCase,
+        rng: &mut Rng,
+    ) -> Result<std::result::Result<PeerRun<'a>, String>> {
+        let inp = case.inputs(rng);
+        let mut call = match PeerCall::new(gpu, &inp)? {
+            Ok(call) => call,
+            Err(why) => return Ok(Err(why)),
+        };
+        let (o, lse) = call.run_poisoned()?;
+        let cmp = peer::compare_with_reference(&inp, &o, &lse, rng)?;
+        let check = format!(
+            "{}; {}; workspace {} MiB",
+            cmp.summary(),
+            peer::TIMED,
+            call.peer().workspace_bytes() >> 20
+        );
+        Ok(Ok(PeerRun {
+            launch: Box::new(move || call.run()),
+            check,
+        }))
+    }
+
+    /// [`peer_run`] without the reference comparison, for the criterion bench; a missing
+    /// libcublas is an error.
+    pub fn peer_gpu_runner<'a>(
+        gpu: &'a Gpu,
+        case: &DecodeCase,
+        rng: &mut Rng,
+    ) -> Result<Box<dyn FnMut() -> Result<()> + 'a>> {
+        let inp = case.inputs(rng);
+        let mut call = PeerCall::new(gpu, &inp)?.map_err(Error::Cublas)?;
+        Ok(Box::new(move || call.run()))
     }
 }

@@ -7,8 +7,9 @@
 //!   block tables, padded i32 tables for a batch).
 //! - [`cases`]: the benchmark cases (`harness bench` and `cargo bench -p mla-attention`).
 //! - With the `cuda` feature: [`gpu`] (launch wrappers of `cuda/mla_decode.cu`, the paged decode
-//!   kernel with split-KV and combine) and [`checks`] (kernel-vs-reference checks for the tests
-//!   and `harness verify`).
+//!   kernel with split-KV and combine), [`checks`] (kernel-vs-reference checks for the tests
+//!   and `harness verify`) and [`peer`] (the naive peer `harness bench` times next to it: a
+//!   paged-KV gather, cuBLAS strided-batched GEMMs and a softmax kernel, `cuda/mla_naive.cu`).
 //!
 //! The contract is `shared/spec/deepseek-v3.md`; `reference` is the spec in plain Rust and every
 //! kernel of this crate is tested against it.
@@ -21,6 +22,8 @@ pub mod reference;
 pub mod checks;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+#[cfg(feature = "cuda")]
+pub mod peer;
 
 pub use cache::{BlockTable, KvCacheAllocator, SeqId, PAD_BLOCK};
 pub use reference::{MlaDims, BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};

@@ -2,8 +2,10 @@
 //! batch, ragged lengths (1, 63, 64, 65, block multiples and tails, a few thousand), S_q 1..=4,
 //! H in {16, 64, 128} (and odd small H), the schedule's number of parts (one part = no split, many
 //! parts = many splits per sequence), shared prefix blocks, non-contiguous block tables; outputs
-//! poisoned before every launch. Criteria: `mla_attention::checks`. Without a CUDA device (or the
-//! `cuda` feature) each test prints `skipped: no CUDA device` and checks nothing.
+//! poisoned before every launch. Criteria: `mla_attention::checks`. The naive cuBLAS peer
+//! (`mla_attention::peer`, the bench's comparison point) is held to the same thresholds on ragged
+//! lengths and S_q 1..=4. Without a CUDA device (or the `cuda` feature) each test prints
+//! `skipped: no CUDA device` and checks nothing.
 
 #[cfg(not(feature = "cuda"))]
 #[test]
@@ -19,6 +21,7 @@ mod gpu {
     use kernels::gpu::{assert_pass, test_gpu as gpu};
     use kernels::rng::Rng;
     use mla_attention::checks::{self, DecodeCheck};
+    use mla_attention::peer;
     use proptest::prelude::*;
 
     fn config() -> ProptestConfig {
@@ -139,5 +142,34 @@ mod gpu {
             return;
         };
         assert_pass(checks::check_bad_inputs(g, &mut Rng::fresh()));
+    }
+
+    /// The naive peer (gather + cuBLAS GEMMs + softmax) on the fixed shapes: ragged lengths
+    /// around block boundaries, S_q = 2 and 4, a shared prefix, one long context.
+    #[test]
+    fn naive_cublas_peer_matches_reference() {
+        let Some(g) = gpu("mla_decode naive_cublas_peer_matches_reference") else {
+            return;
+        };
+        let mut rng = Rng::fresh();
+        for c in peer::peer_check_cases() {
+            assert_pass(peer::check_peer(g, &mut rng, &c));
+        }
+        assert_pass(peer::check_peer_rejects_bad_shapes(g, &mut rng));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, ..config() })]
+
+        #[test]
+        fn naive_cublas_peer_ragged(
+            (s_q, seqlens) in (1usize..=4).prop_flat_map(|s| (Just(s), lens_strategy(s))),
+            heads in prop::sample::select(vec![16usize, 64, 128, 4]),
+            shared_prefix: bool,
+        ) {
+            let Some(g) = gpu("mla_decode naive_cublas_peer_ragged") else { return Ok(()) };
+            let c = peer::PeerCheck { seqlens, s_q, heads, shared_prefix };
+            assert_pass(peer::check_peer(g, &mut Rng::fresh(), &c));
+        }
     }
 }

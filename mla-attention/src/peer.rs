@@ -1,0 +1,821 @@
+//! The naive peer of MLA decode: the same contract as [`crate::gpu::paged_decode`] (and
+//! [`crate::reference::paged_decode`]) composed from cuBLAS strided-batched GEMMs and two small
+//! kernels (`cuda/mla_naive.cu`), the way an implementation without paged attention would do it.
+//! `harness bench` times it next to our kernel on every decode case.
+//!
+//! One call is four launches on the `Gpu`'s stream, all of them the peer's timed cost:
+//! 1. gather: each sequence's paged KV blocks copied into a contiguous
+//!    `kv [batch, L = max_blocks * 64, 576]` BF16 buffer through the block table (slots past the
+//!    sequence's length zero-filled). A naive implementation has no paged attention, so this
+//!    copy is part of what it costs, and it is timed with the rest;
+//! 2. `scores [batch, S_q * H, L] = softmax_scale * Q . K^T`, one GEMM per sequence (cuBLAS
+//!    batch = batch), BF16 inputs, f32 accumulation and **f32 output**. Not BF16: rounding a
+//!    score to BF16 moves it by up to 2^-8 of its size (scaled scores reach |s| ~ 6 for the
+//!    bench's N(0, 1) inputs, so ~2e-2 in the exponent), far outside the lse tolerance our kernel
+//!    is held to ([`crate::checks::LSE_TOL`], 1e-4) and above the o_lat one; the peer is judged
+//!    by the same thresholds, so it pays the f32 score traffic (4 bytes written and read per
+//!    score, against 2 for BF16);
+//! 3. softmax per query row in f32 with the causal mask among the S_q new tokens (query i sees
+//!    positions `< len - S_q + i + 1`) and every position past the sequence's own length masked
+//!    (ragged lengths are padded to L): P (BF16, already divided by the row sum) and lse (f32,
+//!    natural log);
+//! 4. `o_lat [batch, S_q * H, 512] = P . V`, V = the first 512 columns of the gathered KV (ld 576),
+//!    BF16 output with f32 accumulation.
+//!
+//! Bad tables are handled like our kernel: a length outside `S_q..=max_blocks * 64` or a block
+//! id outside the cache records status code 6 in the caller's [`DeviceStatus`] (lengths are
+//! clamped, bad blocks zero-filled and never read).
+
+use std::ffi::c_void;
+
+use cudarc::cublas::result::{self as blas, CublasError};
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
+use cudarc::cublas::CudaBlas;
+use half::bf16;
+use kernels::checks::CheckReport;
+use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu, LaunchConfig, PushKernelArg};
+use kernels::rng::Rng;
+use kernels::{Error, Result};
+
+use crate::cases::DecodeInputs;
+use crate::checks::{o_element_bound, LSE_TOL, O_REL_TOL};
+use crate::cubins::MLA_NAIVE;
+use crate::reference::{
+    paged, paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK, MAX_QUERY_LEN,
+};
+
+/// The peer's name in bench reports (`implementation`).
+pub const NAME: &str = crate::cases::PEER;
+/// What one timed call of the peer is, for report lines.
+pub const TIMED: &str = "timed: paged-KV gather + Q.K^T batched GEMM + softmax + P.V batched GEMM";
+
+const OP: &str = "mla_naive_cublas";
+/// Threads of both helper kernels (`kThreads` in `mla_naive.cu`).
+const THREADS: u32 = 256;
+
+/// Why cuBLAS cannot be used here, or `None` when libcublas loads.
+pub fn cublas_missing() -> Option<String> {
+    // SAFETY: only probes whether libcublas can be dlopen'ed.
+    if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        None
+    } else {
+        Some(
+            "libcublas was not found on the library path; scripts/gpu-run.sh adds the \
+             nvidia-cublas wheel's lib directory to LD_LIBRARY_PATH"
+                .into(),
+        )
+    }
+}
+
+/// The peer for one (batch, S_q, heads, max_blocks) shape: the cuBLAS handle and the
+/// intermediate buffers (gathered KV, f32 scores, BF16 probabilities), reused every call.
+#[derive(Debug)]
+pub struct NaiveCublasDecode {
+    blas: CudaBlas,
+    batch: usize,
+    s_q: usize,
+    heads: usize,
+    max_blocks: usize,
+    /// `[batch, L, 576]`, L = max_blocks * 64.
+    kv: DeviceTensor<bf16>,
+    /// `[batch, S_q * H, L]`, scaled.
+    scores: DeviceTensor<f32>,
+    /// `[batch, S_q * H, L]`.
+    probs: DeviceTensor<bf16>,
+}
+
+/// One strided-batched GEMM in cuBLAS's column-major terms (`C = alpha op(A) op(B)`), BF16 A and
+/// B, f32 compute.
+struct BatchedGemm {
+    what: &'static str,
+    transa: cublasOperation_t,
+    m: i32,
+    n: i32,
+    k: i32,
+    alpha: f32,
+    a: u64,
+    lda: i32,
+    stride_a: i64,
+    b: u64,
+    ldb: i32,
+    stride_b: i64,
+    c: u64,
+    c_type: cudaDataType_t,
+    ldc: i32,
+    stride_c: i64,
+    batch: i32,
+}
+
+impl NaiveCublasDecode {
+    /// Buffers for `batch` sequences of `s_q` (1..=4) query tokens with `heads` heads over block
+    /// tables `max_blocks` wide. `Ok(Err(why))` when libcublas cannot be loaded (the bench then
+    /// records the peer as not measured).
+    pub fn new(
+        gpu: &Gpu,
+        batch: usize,
+        s_q: usize,
+        heads: usize,
+        max_blocks: usize,
+    ) -> Result<std::result::Result<Self, String>> {
+        if !(1..=MAX_QUERY_LEN).contains(&s_q) {
+            return Err(Error::invalid(
+                OP,
+                format!("S_q is {s_q}, must be in 1..={MAX_QUERY_LEN}"),
+            ));
+        }
+        for (what, v) in [
+            ("batch", batch),
+            ("heads", heads),
+            ("max_blocks", max_blocks),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(OP, format!("{what} is 0")));
+            }
+        }
+        let l_max = checked_mul("max_blocks * 64", max_blocks, BLOCK_SIZE)?;
+        let rows = s_q * heads;
+        // Every dimension, leading dimension and batch count cuBLAS sees is an i32.
+        for (what, v) in [
+            ("batch", batch),
+            ("S_q * H", rows),
+            ("max_blocks * 64", l_max),
+        ] {
+            as_i32(what, v)?;
+        }
+        // The element counts of the buffers allocated below.
+        checked_mul("the gathered KV", batch * l_max, KV_DIM)?;
+        checked_mul("the scores", batch * rows, l_max)?;
+        if let Some(why) = cublas_missing() {
+            return Ok(Err(why));
+        }
+        let blas = CudaBlas::new(gpu.stream().clone()).map_err(cublas_err("creating a handle"))?;
+        Ok(Ok(NaiveCublasDecode {
+            blas,
+            batch,
+            s_q,
+            heads,
+            max_blocks,
+            kv: gpu.zeros(&[batch, l_max, KV_DIM])?,
+            scores: gpu.zeros(&[batch, rows, l_max])?,
+            probs: gpu.zeros(&[batch, rows, l_max])?,
+        }))
+    }
+
+    /// Padded context length L of the gathered KV (max_blocks * 64).
+    pub fn padded_len(&self) -> usize {
+        self.max_blocks * BLOCK_SIZE
+    }
+
+    /// Device bytes of the intermediate buffers (gathered KV, scores, probabilities).
+    pub fn workspace_bytes(&self) -> usize {
+        self.kv.num_bytes() + self.scores.num_bytes() + self.probs.num_bytes()
+    }
+
+    /// Decode attention, same arguments and layouts as [`crate::gpu::paged_decode`]:
+    ///
+    /// - q `[batch, S_q, H, 576]` BF16;
+    /// - cache `[num_blocks, 64, 576]` BF16;
+    /// - block_table `[batch, max_blocks]` i32, cache_seqlens `[batch]` i32;
+    /// - o_lat `[batch, S_q, H, 512]` BF16 and lse `[batch, S_q, H]` f32, written.
+    ///
+    /// Four launches on the `Gpu`'s stream, no synchronization.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode(
+        &mut self,
+        gpu: &Gpu,
+        q: &DeviceTensor<bf16>,
+        cache: &DeviceTensor<bf16>,
+        block_table: &DeviceTensor<i32>,
+        cache_seqlens: &DeviceTensor<i32>,
+        softmax_scale: f32,
+        o_lat: &mut DeviceTensor<bf16>,
+        lse: &mut DeviceTensor<f32>,
+        status: &mut DeviceStatus,
+    ) -> Result<()> {
+        let (batch, s_q, heads, max_blocks) = (self.batch, self.s_q, self.heads, self.max_blocks);
+        q.expect_shape(OP, "q", &[batch, s_q, heads, KV_DIM])?;
+        let num_blocks = match cache.shape() {
+            &[n, BLOCK_SIZE, KV_DIM] if n > 0 => n,
+            other => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "cache must be [num_blocks > 0, {BLOCK_SIZE}, {KV_DIM}], got {other:?}"
+                    ),
+                ))
+            }
+        };
+        block_table.expect_shape(OP, "block_table", &[batch, max_blocks])?;
+        cache_seqlens.expect_shape(OP, "cache_seqlens", &[batch])?;
+        o_lat.expect_shape(OP, "o_lat", &[batch, s_q, heads, KV_LORA_RANK])?;
+        lse.expect_shape(OP, "lse", &[batch, s_q, heads])?;
+        if !softmax_scale.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                format!("softmax_scale is {softmax_scale}"),
+            ));
+        }
+        let rows = s_q * heads;
+        let l_max = self.padded_len();
+        // Checked in `new`: all of these fit in i32.
+        let (batch_i, s_q_i, heads_i, rows_i, l_max_i) = (
+            batch as i32,
+            s_q as i32,
+            heads as i32,
+            rows as i32,
+            l_max as i32,
+        );
+        let max_blocks_i = max_blocks as i32;
+        let num_blocks_i = as_i32("num_blocks", num_blocks)?;
+
+        let (q_p, cache_p, table_p, lens_p) = (
+            q.device_ptr(gpu),
+            cache.device_ptr(gpu),
+            block_table.device_ptr(gpu),
+            cache_seqlens.device_ptr(gpu),
+        );
+        let (kv_p, scores_p, probs_p) = (
+            self.kv.device_ptr(gpu),
+            self.scores.device_ptr(gpu),
+            self.probs.device_ptr(gpu),
+        );
+        let (o_p, lse_p, status_p) = (
+            o_lat.device_ptr(gpu),
+            lse.device_ptr(gpu),
+            status.word().device_ptr(gpu),
+        );
+        if cache_p % 16 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!("cache must be 16-byte aligned (device address {cache_p:#x})"),
+            ));
+        }
+
+        // 1. Gather the paged blocks into the contiguous KV buffer.
+        let f = gpu.function(&MLA_NAIVE, "mla_naive_gather")?;
+        let mut args = gpu.stream().launch_builder(&f);
+        args.arg(&cache_p)
+            .arg(&table_p)
+            .arg(&lens_p)
+            .arg(&kv_p)
+            .arg(&s_q_i)
+            .arg(&max_blocks_i)
+            .arg(&num_blocks_i)
+            .arg(&status_p);
+        let cfg = LaunchConfig {
+            grid_dim: (max_blocks_i as u32, batch_i as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: (const bf16*, const int* x2, bf16*, int x3, int*): the kernel's parameters.
+        // The table is [batch, max_blocks] and the lengths [batch] (checked above); the kernel
+        // reads cache blocks only for ids in 0..num_blocks (16-byte aligned, 73728 bytes each)
+        // and writes kv [batch, max_blocks * 64, 576], the buffer's shape.
+        unsafe { gpu.launch("mla_naive_gather", args, cfg) }?;
+
+        gpu.context().bind_to_thread().map_err(|e| Error::Cuda {
+            context: "binding the context for cuBLAS".into(),
+            detail: e.to_string(),
+        })?;
+        // 2. scores = scale * Q . K^T per sequence. Row-major scores [rows, L] are column-major
+        //    [L, rows]: C (L x rows) = K (op T of the column-major [576, L] view, ld 576)
+        //    . Q (column-major [576, rows], ld 576).
+        self.gemm(BatchedGemm {
+            what: "scores = Q . K^T (cublasGemmStridedBatchedEx)",
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            m: l_max_i,
+            n: rows_i,
+            k: KV_DIM as i32,
+            alpha: softmax_scale,
+            a: kv_p,
+            lda: KV_DIM as i32,
+            stride_a: (l_max * KV_DIM) as i64,
+            b: q_p,
+            ldb: KV_DIM as i32,
+            stride_b: (rows * KV_DIM) as i64,
+            c: scores_p,
+            c_type: cudaDataType_t::CUDA_R_32F,
+            ldc: l_max_i,
+            stride_c: (rows * l_max) as i64,
+            batch: batch_i,
+        })?;
+
+        // 3. Masked softmax per row: P and lse.
+        let f = gpu.function(&MLA_NAIVE, "mla_naive_softmax")?;
+        let mut args = gpu.stream().launch_builder(&f);
+        args.arg(&scores_p)
+            .arg(&lens_p)
+            .arg(&probs_p)
+            .arg(&lse_p)
+            .arg(&s_q_i)
+            .arg(&heads_i)
+            .arg(&l_max_i);
+        let cfg = LaunchConfig {
+            grid_dim: (rows_i as u32, batch_i as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: (const float*, const int*, bf16*, float*, int x3): the kernel's parameters.
+        // scores and probs are [batch, S_q * H, L], lse [batch, S_q, H] (checked above), the
+        // lengths [batch]; the kernel clamps every length into 0..=L.
+        unsafe { gpu.launch("mla_naive_softmax", args, cfg) }?;
+
+        // 4. o_lat = P . V per sequence. Row-major o [rows, 512] is column-major [512, rows]:
+        //    C (512 x rows) = V (the first 512 rows of the column-major [576, L] view, ld 576)
+        //    . P (column-major [L, rows], ld L).
+        self.gemm(BatchedGemm {
+            what: "o_lat = P . V (cublasGemmStridedBatchedEx)",
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            m: KV_LORA_RANK as i32,
+            n: rows_i,
+            k: l_max_i,
+            alpha: 1.0,
+            a: kv_p,
+            lda: KV_DIM as i32,
+            stride_a: (l_max * KV_DIM) as i64,
+            b: probs_p,
+            ldb: l_max_i,
+            stride_b: (rows * l_max) as i64,
+            c: o_p,
+            c_type: cudaDataType_t::CUDA_R_16BF,
+            ldc: KV_LORA_RANK as i32,
+            stride_c: (rows * KV_LORA_RANK) as i64,
+            batch: batch_i,
+        })
+    }
+
+    fn gemm(&self, g: BatchedGemm) -> Result<()> {
+        let beta = 0.0f32;
+        // SAFETY: the handle is live and bound to the `Gpu`'s stream; every pointer is a live
+        // device buffer of that stream's context holding `batch` matrices of the given leading
+        // dimensions and strides (the two callers above build them from buffers whose shapes
+        // were checked); alpha and beta are host f32 (the default pointer mode and the f32
+        // compute type) read before the call returns.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                g.transa,
+                cublasOperation_t::CUBLAS_OP_N,
+                g.m,
+                g.n,
+                g.k,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const c_void,
+                cudaDataType_t::CUDA_R_16BF,
+                g.lda,
+                g.stride_a,
+                g.b as *const c_void,
+                cudaDataType_t::CUDA_R_16BF,
+                g.ldb,
+                g.stride_b,
+                (&beta as *const f32).cast(),
+                g.c as *mut c_void,
+                g.c_type,
+                g.ldc,
+                g.stride_c,
+                g.batch,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(cublas_err(g.what))
+    }
+}
+
+/// Device copies of one call's inputs and outputs for the peer, with the peer itself: what the
+/// check and the bench run.
+#[derive(Debug)]
+pub struct PeerCall<'g> {
+    gpu: &'g Gpu,
+    peer: NaiveCublasDecode,
+    q: DeviceTensor<bf16>,
+    cache: DeviceTensor<bf16>,
+    table: DeviceTensor<i32>,
+    lens: DeviceTensor<i32>,
+    softmax_scale: f32,
+    o_lat: DeviceTensor<bf16>,
+    lse: DeviceTensor<f32>,
+    status: DeviceStatus,
+}
+
+impl<'g> PeerCall<'g> {
+    /// Uploads `inp`; `Ok(Err(why))` when libcublas cannot be loaded.
+    pub fn new(gpu: &'g Gpu, inp: &DecodeInputs) -> Result<std::result::Result<Self, String>> {
+        let s = inp.shape;
+        let peer = match NaiveCublasDecode::new(gpu, s.batch, s.q_len, inp.heads, s.max_blocks)? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        Ok(Ok(PeerCall {
+            gpu,
+            peer,
+            q: gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?,
+            cache: gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?,
+            table: gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?,
+            lens: gpu.upload(&inp.cache_seqlens, &[s.batch])?,
+            softmax_scale: inp.softmax_scale,
+            o_lat: gpu.poisoned(&[s.batch, s.q_len, inp.heads, KV_LORA_RANK])?,
+            lse: gpu.poisoned(&[s.batch, s.q_len, inp.heads])?,
+            status: DeviceStatus::new(gpu)?,
+        }))
+    }
+
+    /// One peer call on the stream (no synchronization).
+    pub fn run(&mut self) -> Result<()> {
+        self.peer.decode(
+            self.gpu,
+            &self.q,
+            &self.cache,
+            &self.table,
+            &self.lens,
+            self.softmax_scale,
+            &mut self.o_lat,
+            &mut self.lse,
+            &mut self.status,
+        )
+    }
+
+    /// Poisons the outputs (NaN bytes), runs once, checks the status word and returns o_lat and
+    /// lse on the host.
+    pub fn run_poisoned(&mut self) -> Result<(Vec<bf16>, Vec<f32>)> {
+        self.gpu.fill_bytes(&mut self.o_lat, 0xff)?;
+        self.gpu.fill_bytes(&mut self.lse, 0xff)?;
+        self.run()?;
+        self.status.check(self.gpu, OP)?;
+        Ok((
+            self.gpu.download(&self.o_lat)?,
+            self.gpu.download(&self.lse)?,
+        ))
+    }
+
+    pub fn peer(&self) -> &NaiveCublasDecode {
+        &self.peer
+    }
+}
+
+/// Reference work (row-tokens, each 1088 multiply-adds on the CPU) above which only some
+/// sequences and heads are compared; the same budget as our kernel's checks.
+const REFERENCE_BUDGET: usize = 1_500_000;
+
+/// The outcome of comparing decode outputs with the reference on a sample of rows.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// ||o - ref|| / ||ref|| over the compared rows (infinite for NaN).
+    pub rel_l2: f64,
+    /// o_lat elements outside [`o_element_bound`], and the first of them.
+    pub bad_elements: usize,
+    pub first_bad: Option<String>,
+    /// max |lse - ref| / (1 + |ref|).
+    pub lse_err: f64,
+    /// Non-finite o_lat / lse elements over all rows (unwritten ones keep their NaN poison).
+    pub unwritten_o: usize,
+    pub unwritten_lse: usize,
+    /// Which rows were compared, in words.
+    pub sample: String,
+}
+
+impl Comparison {
+    /// The pass criteria of our kernel's checks: rel_l2 <= [`O_REL_TOL`], every element within
+    /// its bound, lse within [`LSE_TOL`], every element finite.
+    pub fn passed(&self) -> bool {
+        self.rel_l2 <= O_REL_TOL
+            && self.bad_elements == 0
+            && self.lse_err <= LSE_TOL
+            && self.unwritten_o == 0
+            && self.unwritten_lse == 0
+    }
+
+    /// One line for a bench report.
+    pub fn summary(&self) -> String {
+        format!(
+            "rel_l2 {:.2e} (tol {O_REL_TOL:.0e}), lse err {:.1e} (tol {LSE_TOL:.0e}) vs the \
+             reference on {} ({})",
+            self.rel_l2,
+            self.lse_err,
+            self.sample,
+            if self.passed() { "ok" } else { "WRONG" }
+        )
+    }
+}
+
+/// Compares o_lat `[batch, S_q, H, 512]` and lse `[batch, S_q, H]` computed from `inp` with
+/// [`paged_decode`] run on the same BF16 inputs. When the reference would cost more than the
+/// budget, only some sequences (first, last, random) and heads (first, last, random) are compared.
+pub fn compare_with_reference(
+    inp: &DecodeInputs,
+    got_o: &[bf16],
+    got_lse: &[f32],
+    rng: &mut Rng,
+) -> Result<Comparison> {
+    let s = inp.shape;
+    let (s_q, heads) = (s.q_len, inp.heads);
+    let rows = s.batch * s_q * heads;
+    if got_o.len() != rows * KV_LORA_RANK || got_lse.len() != rows {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "outputs hold {} o_lat and {} lse elements, expected {} and {rows}",
+                got_o.len(),
+                got_lse.len(),
+                rows * KV_LORA_RANK
+            ),
+        ));
+    }
+    let lens: Vec<usize> = inp
+        .cache_seqlens
+        .iter()
+        .map(|&l| l.max(0) as usize)
+        .collect();
+
+    // Sequences: all when two heads of all of them fit the budget, else first, last and random
+    // ones while they do (at least one).
+    let head_floor = 2.min(heads);
+    let mut seqs: Vec<usize> = (0..s.batch).collect();
+    if lens.iter().sum::<usize>() * s_q * head_floor > REFERENCE_BUDGET {
+        let mut candidates = vec![0, s.batch - 1];
+        candidates.extend((0..4 * s.batch).map(|_| rng.below(s.batch as u64) as usize));
+        seqs.clear();
+        let mut work = 0;
+        for b in candidates {
+            let w = lens[b] * s_q * head_floor;
+            if !seqs.contains(&b) && (seqs.is_empty() || work + w <= REFERENCE_BUDGET) {
+                seqs.push(b);
+                work += w;
+            }
+        }
+        seqs.sort_unstable();
+    }
+    let work: usize = seqs.iter().map(|&b| lens[b] * s_q).sum();
+    let n_heads = (REFERENCE_BUDGET / work.max(1)).clamp(head_floor, heads);
+    let mut checked: Vec<usize> = if n_heads >= heads {
+        (0..heads).collect()
+    } else {
+        let mut v = vec![0, heads - 1];
+        while v.len() < n_heads {
+            v.push(rng.below(heads as u64) as usize);
+        }
+        v
+    };
+    checked.sort_unstable();
+    checked.dedup();
+    let hs = checked.len();
+
+    // The reference on the sampled sequences and heads only (both are independent).
+    let sub_shape = PagedShape {
+        batch: seqs.len(),
+        ..s
+    };
+    let mut q_sub = Vec::with_capacity(seqs.len() * s_q * hs * KV_DIM);
+    let mut table_sub = Vec::with_capacity(seqs.len() * s.max_blocks);
+    let mut lens_sub = Vec::with_capacity(seqs.len());
+    for &b in &seqs {
+        for i in 0..s_q {
+            for &h in &checked {
+                let row = (b * s_q + i) * heads + h;
+                q_sub.extend_from_slice(&inp.q[row * KV_DIM..][..KV_DIM]);
+            }
+        }
+        table_sub.extend_from_slice(&inp.block_table[b * s.max_blocks..][..s.max_blocks]);
+        lens_sub.push(inp.cache_seqlens[b]);
+    }
+    let expect = paged_decode(
+        &sub_shape,
+        hs,
+        &q_sub,
+        &inp.cache,
+        &table_sub,
+        &lens_sub,
+        inp.softmax_scale,
+    )?;
+
+    let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
+    let (mut bad_elements, mut first_bad) = (0usize, None);
+    let mut lse_err = 0.0f64;
+    for (sb, &b) in seqs.iter().enumerate() {
+        let vmax = value_max(inp, b);
+        for i in 0..s_q {
+            for (k, &h) in checked.iter().enumerate() {
+                let row = (b * s_q + i) * heads + h;
+                let rrow = (sb * s_q + i) * hs + k;
+                let got = &got_o[row * KV_LORA_RANK..][..KV_LORA_RANK];
+                let want = &expect.o_lat[rrow * KV_LORA_RANK..][..KV_LORA_RANK];
+                for (col, (g, w)) in got.iter().zip(want).enumerate() {
+                    let (g, w) = (f64::from(g.to_f32()), f64::from(*w));
+                    let err = (g - w).abs();
+                    diff2 += if err.is_finite() {
+                        err * err
+                    } else {
+                        f64::INFINITY
+                    };
+                    ref2 += w * w;
+                    if err.is_nan() || err > o_element_bound(w, vmax) {
+                        bad_elements += 1;
+                        first_bad.get_or_insert_with(|| {
+                            format!("seq {b} query {i} head {h} col {col}: {g} vs {w}")
+                        });
+                    }
+                }
+                let (gl, wl) = (f64::from(got_lse[row]), f64::from(expect.lse[rrow]));
+                let e = (gl - wl).abs() / (1.0 + wl.abs());
+                lse_err = lse_err.max(if e.is_nan() { f64::INFINITY } else { e });
+            }
+        }
+    }
+    let rel_l2 = if ref2 > 0.0 {
+        (diff2 / ref2).sqrt()
+    } else if diff2 == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    };
+    Ok(Comparison {
+        rel_l2,
+        bad_elements,
+        first_bad,
+        lse_err,
+        unwritten_o: got_o.iter().filter(|v| !v.to_f32().is_finite()).count(),
+        unwritten_lse: got_lse.iter().filter(|v| !v.is_finite()).count(),
+        sample: format!(
+            "{} of {} sequences x {hs} of {heads} heads",
+            seqs.len(),
+            s.batch
+        ),
+    })
+}
+
+/// max |c_kv| over sequence `b`'s entries (the value bound of [`o_element_bound`]).
+fn value_max(inp: &DecodeInputs, b: usize) -> f64 {
+    let len = inp.cache_seqlens[b].max(0) as usize;
+    (0..len)
+        .flat_map(|p| {
+            let e = paged::slot(&inp.shape, &inp.block_table, b, p);
+            inp.cache[e * KV_DIM..][..KV_LORA_RANK].iter()
+        })
+        .fold(0.0f64, |m, v| m.max(f64::from(v.to_f32().abs())))
+}
+
+/// What a peer check runs: sequence lengths (ragged allowed, each >= S_q), S_q, heads.
+#[derive(Clone, Debug)]
+pub struct PeerCheck {
+    pub seqlens: Vec<usize>,
+    pub s_q: usize,
+    pub heads: usize,
+    /// Every sequence's first block is the same cache block.
+    pub shared_prefix: bool,
+}
+
+/// Runs the peer on fresh random inputs into poisoned outputs and holds it to our kernel's
+/// thresholds against the reference. A missing libcublas is an error here: the check was asked
+/// for on a GPU machine.
+pub fn check_peer(gpu: &Gpu, rng: &mut Rng, c: &PeerCheck) -> Result<CheckReport> {
+    let inp = DecodeInputs::random(rng, &c.seqlens, c.s_q, c.heads, c.shared_prefix, 1);
+    let mut call = PeerCall::new(gpu, &inp)?.map_err(Error::Cublas)?;
+    let (got_o, got_lse) = call.run_poisoned()?;
+    let cmp = compare_with_reference(&inp, &got_o, &got_lse, rng)?;
+    let lens = if c.seqlens.len() <= 8 {
+        format!("{:?}", c.seqlens)
+    } else {
+        format!("{} seqs", c.seqlens.len())
+    };
+    let case = format!(
+        "S_q {} H {} lens {lens}{} ({})",
+        c.s_q,
+        c.heads,
+        if c.shared_prefix {
+            " shared prefix"
+        } else {
+            ""
+        },
+        cmp.sample
+    );
+    Ok(CheckReport::new(
+        &format!("mla_decode@{NAME}"),
+        case,
+        "rel_l2",
+        cmp.rel_l2,
+        O_REL_TOL,
+    )
+    .require(
+        cmp.bad_elements == 0,
+        format!(
+            "{} o_lat elements outside the per-element bound (first: {})",
+            cmp.bad_elements,
+            cmp.first_bad.clone().unwrap_or_default()
+        ),
+    )
+    .require(
+        cmp.lse_err <= LSE_TOL,
+        format!("lse relative error {:e} > {LSE_TOL:e}", cmp.lse_err),
+    )
+    .require(
+        cmp.unwritten_o == 0 && cmp.unwritten_lse == 0,
+        format!(
+            "{} o_lat and {} lse elements not finite (unwritten?)",
+            cmp.unwritten_o, cmp.unwritten_lse
+        ),
+    ))
+}
+
+/// Wrong shapes are errors that name the argument, before anything is launched.
+pub fn check_peer_rejects_bad_shapes(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
+    let mut failures = Vec::new();
+    let inp = DecodeInputs::random(rng, &[10, 70], 2, 16, false, 0);
+    let mut call = PeerCall::new(gpu, &inp)?.map_err(Error::Cublas)?;
+    let s = inp.shape;
+    let mut wrong_lse: DeviceTensor<f32> = gpu.poisoned(&[s.batch, s.q_len, 8])?;
+    let err = call.peer.decode(
+        gpu,
+        &call.q,
+        &call.cache,
+        &call.table,
+        &call.lens,
+        inp.softmax_scale,
+        &mut call.o_lat,
+        &mut wrong_lse,
+        &mut call.status,
+    );
+    if !matches!(&err, Err(Error::Shape { detail, .. }) if detail.contains("lse")) {
+        failures.push(format!("wrong lse shape: {err:?}"));
+    }
+    let narrow_table = gpu.upload(&vec![0i32; s.batch], &[s.batch, 1])?;
+    let err = call.peer.decode(
+        gpu,
+        &call.q,
+        &call.cache,
+        &narrow_table,
+        &call.lens,
+        inp.softmax_scale,
+        &mut call.o_lat,
+        &mut call.lse,
+        &mut call.status,
+    );
+    if !matches!(&err, Err(Error::Shape { detail, .. }) if detail.contains("block_table")) {
+        failures.push(format!(
+            "block_table narrower than the peer's max_blocks: {err:?}"
+        ));
+    }
+    if NaiveCublasDecode::new(gpu, 1, 5, 16, 1).is_ok() {
+        failures.push("S_q = 5 accepted".into());
+    }
+    Ok(CheckReport::new(
+        &format!("mla_decode@{NAME}"),
+        "bad shapes".into(),
+        "failures",
+        failures.len() as f64,
+        0.0,
+    )
+    .require(failures.is_empty(), failures.join("; ")))
+}
+
+/// The peer's cases for `harness verify`: ragged lengths, S_q 1..=4, a shared prefix, a long
+/// context, and the shape errors. `quick` drops the long context.
+pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
+    let mut rng = Rng::fresh();
+    let rng = &mut rng;
+    let mut cases = peer_check_cases();
+    if !quick {
+        cases.push(PeerCheck {
+            seqlens: vec![8192, 4, 3000, 64],
+            s_q: 4,
+            heads: 128,
+            shared_prefix: false,
+        });
+    }
+    let mut out: Vec<Result<CheckReport>> = cases.iter().map(|c| check_peer(gpu, rng, c)).collect();
+    out.push(check_peer_rejects_bad_shapes(gpu, rng));
+    out
+}
+
+/// The fixed shapes the peer is checked on (GPU tests and `harness verify`): ragged lengths
+/// around block boundaries, S_q = 2 and 4, a shared prefix block, H = 128 and small H.
+pub fn peer_check_cases() -> Vec<PeerCheck> {
+    let case = |seqlens: Vec<usize>, s_q, heads, shared_prefix| PeerCheck {
+        seqlens,
+        s_q,
+        heads,
+        shared_prefix,
+    };
+    vec![
+        case(vec![1], 1, 128, false),
+        case(vec![1, 63, 64, 65, 130, 700], 1, 128, false),
+        case(vec![2, 64, 100, 1000], 2, 16, false),
+        case(vec![64, 65, 100], 2, 128, true),
+        case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 64, false),
+        case(vec![4096], 1, 128, false),
+    ]
+}
+
+fn checked_mul(what: &str, x: usize, y: usize) -> Result<usize> {
+    x.checked_mul(y)
+        .ok_or_else(|| Error::invalid(OP, format!("{what}: {x} * {y} overflows")))
+}
+
+fn as_i32(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(OP, format!("{what} = {v} does not fit in i32")))
+}
+
+fn cublas_err(call: &'static str) -> impl FnOnce(CublasError) -> Error {
+    move |e| Error::Cublas(format!("{call} failed: {:?}", e.0))
+}
