@@ -100,6 +100,23 @@ pub fn all_items(quick: bool) -> Vec<BenchItem> {
             #[cfg(feature = "cuda")]
             gpu: Some(gpu_items::mla_decode(case)),
         });
+        if case.fp8_cache {
+            // The FP8 cache's peer is our BF16-cache kernel on the same shape (bytes of the
+            // FP8 case, so GB/s compares the two on the FP8 traffic; the speedup column is the
+            // FP8 cache's gain).
+            items.push(BenchItem {
+                suite: "mla-attention",
+                kernel: case.kernel().to_string(),
+                implementation: mla_attention::cases::BF16_CACHE_PEER,
+                shape: case.shape(),
+                bytes: case.bytes(),
+                flops: case.flops(),
+                cpu: None,
+                #[cfg(feature = "cuda")]
+                gpu: Some(gpu_items::mla_decode(case.with_fp8_cache(false))),
+            });
+            continue;
+        }
         // The naive cuBLAS peer of the same case (mla_attention::peer): a paged-KV gather, two
         // strided-batched GEMMs and a softmax, all four timed. GPU only; a CPU run lists it as
         // skipped. Same minimal bytes and flops as ours, so GB/s and TFLOP/s compare directly

@@ -5,7 +5,8 @@
 //! Throughput is in bytes (the KV cache read dominates). On the GPU every case is also timed for
 //! the naive cuBLAS peer (`mla_attention::peer`: paged-KV gather, two strided-batched GEMMs and a
 //! softmax, all four timed), named `<case>@cublas_naive`, with the same minimal byte count so the
-//! throughputs compare directly.
+//! throughputs compare directly. FP8-cache cases (`mla_decode_fp8/...`) are timed for our kernel
+//! only; compare them with the BF16-cache case of the same shape.
 
 #[path = "../../kernels/benches/support/mod.rs"]
 mod support;
@@ -39,11 +40,14 @@ fn benches(c: &mut Criterion) {
         |c, gpu| {
             let cases = decode_cases(false);
             support::gpu_group(c, gpu, &cases, describe, mla_attention::cases::gpu_runner);
+            // The cuBLAS peer computes over a BF16 cache: its cases are the BF16 ones.
+            let peer_cases: Vec<DecodeCase> =
+                cases.iter().copied().filter(|c| !c.fp8_cache).collect();
             match mla_attention::peer::cublas_missing() {
                 None => support::gpu_group(
                     c,
                     gpu,
-                    &cases,
+                    &peer_cases,
                     describe_peer,
                     mla_attention::cases::peer_gpu_runner,
                 ),

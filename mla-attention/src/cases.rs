@@ -2,17 +2,24 @@
 //! bench (`cargo bench -p mla-attention`), and the random paged inputs the checks share.
 //!
 //! From the issue: B in {1, 32, 128} x seqlen 4096 x S_q 1, H = 128 (the quick list), plus
-//! S_q = 2 and seqlens 1024 / 16384 in the full list. Every case is also run by the naive cuBLAS
-//! peer ([`crate::peer`], with the `cuda` feature): `harness bench` reports ours next to it.
+//! S_q = 2 and seqlens 1024 / 16384 in the full list. Every BF16-cache case is also run by the
+//! naive cuBLAS peer ([`crate::peer`], with the `cuda` feature): `harness bench` reports ours next
+//! to it. The FP8-cache cases (memory-bound shapes) have our BF16-cache kernel on the same shape
+//! as their peer, so the report's speedup column is the FP8 cache's gain.
 
 use half::bf16;
 use kernels::rng::Rng;
 
-use crate::reference::{paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK, ROPE_DIM};
+use crate::reference::{
+    encode_cache, paged_decode, paged_decode_fp8, PagedShape, BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM,
+    KV_LORA_RANK, ROPE_DIM,
+};
 
 /// The implementation name of the naive cuBLAS peer in bench reports (`crate::peer`, built with
 /// the `cuda` feature; without it the harness lists the peer as not measured).
 pub const PEER: &str = "cublas_naive";
+/// The implementation name of our BF16-cache kernel when it is the FP8-cache case's peer.
+pub const BF16_CACHE_PEER: &str = "ours_bf16_cache";
 
 /// DeepSeek-V3's softmax scale without YaRN's mscale: (128 + 64)^-0.5.
 pub const V3_SOFTMAX_SCALE: f32 = 0.072_168_78;
@@ -118,11 +125,31 @@ pub struct DecodeCase {
     pub seqlen: usize,
     pub s_q: usize,
     pub heads: usize,
+    /// The cache holds 656-byte FP8 entries (`mla_decode_fp8`) instead of BF16 ones.
+    pub fp8_cache: bool,
 }
 
 impl DecodeCase {
     pub fn kernel(&self) -> &'static str {
-        "mla_decode_bf16"
+        if self.fp8_cache {
+            "mla_decode_fp8"
+        } else {
+            "mla_decode_bf16"
+        }
+    }
+
+    /// The same shape over the other cache layout.
+    pub fn with_fp8_cache(self, fp8_cache: bool) -> DecodeCase {
+        DecodeCase { fp8_cache, ..self }
+    }
+
+    /// Bytes of one cache entry.
+    fn entry_bytes(&self) -> usize {
+        if self.fp8_cache {
+            FP8_ENTRY_BYTES
+        } else {
+            KV_DIM * 2
+        }
     }
 
     pub fn shape(&self) -> String {
@@ -136,10 +163,12 @@ impl DecodeCase {
         format!("{}/{}", self.kernel(), self.shape())
     }
 
-    /// KV entries read once (1152 bytes each), q read, o_lat (BF16) and lse written.
+    /// KV entries read once (1152 bytes each, 656 for FP8), q read, o_lat (BF16) and lse
+    /// written.
     pub fn bytes(&self) -> f64 {
         let rows = self.batch * self.s_q * self.heads;
-        (self.batch * self.seqlen * KV_DIM * 2 + rows * (KV_DIM * 2 + KV_LORA_RANK * 2 + 4)) as f64
+        let kv = self.batch * self.seqlen * self.entry_bytes();
+        (kv + rows * (KV_DIM * 2 + KV_LORA_RANK * 2 + 4)) as f64
     }
 
     pub fn flops(&self) -> f64 {
@@ -162,37 +191,47 @@ impl DecodeCase {
     }
 }
 
-/// B 1 / 32 / 128 at 4096 tokens, S_q 1, H 128; the full list adds S_q 2 and 1024 / 16384 tokens.
+/// B 1 / 32 / 128 at 4096 tokens, S_q 1, H 128, and the FP8 cache at B 128; the full list adds
+/// S_q 2, 1024 / 16384 tokens and the FP8 cache at 16384 tokens.
 pub fn decode_cases(quick: bool) -> Vec<DecodeCase> {
     let case = |batch, seqlen, s_q| DecodeCase {
         batch,
         seqlen,
         s_q,
         heads: 128,
+        fp8_cache: false,
     };
     let mut cases: Vec<DecodeCase> = [1, 32, 128].iter().map(|&b| case(b, 4096, 1)).collect();
+    cases.push(case(128, 4096, 1).with_fp8_cache(true));
     if !quick {
         cases.push(case(128, 4096, 2));
         cases.push(case(16, 1024, 1));
         cases.push(case(16, 16384, 1));
         cases.push(case(64, 16384, 2));
+        cases.push(case(16, 16384, 1).with_fp8_cache(true));
     }
     cases
 }
 
-/// A closure that runs the case's Rust reference ([`paged_decode`]) once.
+/// A closure that runs the case's Rust reference ([`paged_decode`], or [`paged_decode_fp8`] on
+/// the encoded cache) once.
 pub fn cpu_runner(case: &DecodeCase, rng: &mut Rng) -> Box<dyn FnMut()> {
     let inp = case.inputs(rng);
+    let fp8 = case.fp8_cache.then(|| encode_cache(&inp.cache));
     Box::new(move || {
-        drop(std::hint::black_box(paged_decode(
+        let (s, q, t, l, scale) = (
             &inp.shape,
-            inp.heads,
             &inp.q,
-            &inp.cache,
             &inp.block_table,
             &inp.cache_seqlens,
             inp.softmax_scale,
-        )))
+        );
+        let out = match &fp8 {
+            Some(Ok(bytes)) => paged_decode_fp8(s, inp.heads, q, bytes, t, l, scale),
+            Some(Err(e)) => Err(kernels::Error::invalid("mla_decode bench", e.to_string())),
+            None => paged_decode(s, inp.heads, q, &inp.cache, t, l, scale),
+        };
+        drop(std::hint::black_box(out))
     })
 }
 
@@ -204,7 +243,7 @@ pub use gpu_cases::{gpu_runner, peer_gpu_runner, peer_run, PeerRun};
 #[cfg(feature = "cuda")]
 mod gpu_cases {
     use super::*;
-    use crate::gpu::{paged_decode, DecodeWorkspace};
+    use crate::gpu::{paged_decode_any, DecodeWorkspace, PagedCache};
     use crate::peer::{self, PeerCall};
     use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu};
     use kernels::{Error, Result};
@@ -220,6 +259,12 @@ mod gpu_cases {
         let s = inp.shape;
         let q = gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?;
         let cache = gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?;
+        let cache_fp8 = if case.fp8_cache {
+            let bytes = encode_cache(&inp.cache)?;
+            Some(gpu.upload(&bytes, &[s.num_blocks, BLOCK_SIZE, FP8_ENTRY_BYTES])?)
+        } else {
+            None
+        };
         let table = gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?;
         let lens = gpu.upload(&inp.cache_seqlens, &[s.batch])?;
         let mut ws = DecodeWorkspace::new(gpu, s.batch, s.q_len, inp.heads)?;
@@ -228,18 +273,12 @@ mod gpu_cases {
         let mut status = DeviceStatus::new(gpu)?;
         let scale = inp.softmax_scale;
         Ok(Box::new(move || {
-            paged_decode(
-                gpu,
-                &mut ws,
-                &q,
-                &cache,
-                &table,
-                &lens,
-                scale,
-                &mut o,
-                &mut lse,
-                &mut status,
-            )
+            let kv = match &cache_fp8 {
+                Some(bytes) => PagedCache::Fp8(bytes),
+                None => PagedCache::Bf16(&cache),
+            };
+            let tables = (&table, &lens, scale);
+            paged_decode_any(gpu, &mut ws, &q, kv, tables, &mut o, &mut lse, &mut status)
         }))
     }
 
@@ -274,7 +313,7 @@ mod gpu_cases {
             Err(why) => return Ok(Err(why)),
         };
         let (o, lse) = call.run_poisoned()?;
-        let cmp = peer::compare_with_reference(&inp, &o, &lse, rng)?;
+        let cmp = crate::checks::compare_with_reference(&inp, &o, &lse, rng)?;
         let check = format!(
             "{}; {}; workspace {} MiB",
             cmp.summary(),

@@ -52,9 +52,6 @@ pub fn o_element_bound(reference: f64, vmax: f64) -> f64 {
     1.1 * 2f64.powi(-9) * (reference.abs() + vmax) + 1e-6
 }
 
-/// Reference work (row-tokens x 1088 multiply-adds) above which heads are sampled.
-const REFERENCE_BUDGET: usize = 1_500_000;
-
 /// What a decode check runs: sequence lengths, S_q, heads, and the schedule's shape.
 #[derive(Clone, Debug)]
 pub struct DecodeCheck {
@@ -196,13 +193,136 @@ pub fn check_decode_format(
     let (sched, offsets) = ws.download_schedule(gpu)?;
     let schedule = check_schedule(&sched, &offsets, &c.seqlens, ws.parts());
 
-    // Every row written.
-    let unwritten_o = got_o.iter().filter(|v| !v.to_f32().is_finite()).count();
-    let unwritten_lse = got_lse.iter().filter(|v| !v.is_finite()).count();
+    let cmp = compare_with_reference(&inp, &got_o, &got_lse, rng)?;
+    let kernel = match format {
+        CacheFormat::Bf16 => KERNEL,
+        CacheFormat::Fp8 => KERNEL_FP8,
+    };
+    let case = format!("{} ({})", c.describe(), cmp.sample);
+    Ok(cmp
+        .report(kernel, case)
+        .require(schedule.is_ok(), schedule.err().unwrap_or_default()))
+}
 
-    // Heads to compare: all, or a sample (first, last, random) within the budget.
-    let work: usize = c.seqlens.iter().sum::<usize>() * s_q;
-    let n_heads = (REFERENCE_BUDGET / work.max(1)).clamp(2.min(heads), heads);
+/// Reference work (row-tokens, each 1088 multiply-adds on the CPU) above which only some
+/// sequences and heads are compared.
+const REFERENCE_BUDGET: usize = 1_500_000;
+
+/// The outcome of comparing decode outputs with the reference on a sample of rows.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// ||o - ref|| / ||ref|| over the compared rows (infinite for NaN).
+    pub rel_l2: f64,
+    /// o_lat elements outside [`o_element_bound`], and the first of them.
+    pub bad_elements: usize,
+    pub first_bad: Option<String>,
+    /// max |lse - ref| / (1 + |ref|).
+    pub lse_err: f64,
+    /// Non-finite o_lat / lse elements over all rows (unwritten ones keep their NaN poison).
+    pub unwritten_o: usize,
+    pub unwritten_lse: usize,
+    /// Which rows were compared, in words.
+    pub sample: String,
+}
+
+impl Comparison {
+    /// The pass criteria of our kernel's checks: rel_l2 <= [`O_REL_TOL`], every element within
+    /// its bound, lse within [`LSE_TOL`], every element finite.
+    pub fn passed(&self) -> bool {
+        self.rel_l2 <= O_REL_TOL
+            && self.bad_elements == 0
+            && self.lse_err <= LSE_TOL
+            && self.unwritten_o == 0
+            && self.unwritten_lse == 0
+    }
+
+    /// The check report of `kernel` on `case`: rel_l2 against [`O_REL_TOL`] plus the other
+    /// criteria of [`Comparison::passed`].
+    pub fn report(&self, kernel: &str, case: String) -> CheckReport {
+        CheckReport::new(kernel, case, "rel_l2", self.rel_l2, O_REL_TOL)
+            .require(
+                self.bad_elements == 0,
+                format!(
+                    "{} o_lat elements outside the per-element bound (first: {})",
+                    self.bad_elements,
+                    self.first_bad.clone().unwrap_or_default()
+                ),
+            )
+            .require(
+                self.lse_err <= LSE_TOL,
+                format!("lse relative error {:e} > {LSE_TOL:e}", self.lse_err),
+            )
+            .require(
+                self.unwritten_o == 0 && self.unwritten_lse == 0,
+                format!(
+                    "{} o_lat and {} lse elements not finite (unwritten?)",
+                    self.unwritten_o, self.unwritten_lse
+                ),
+            )
+    }
+
+    /// One line for a bench report.
+    pub fn summary(&self) -> String {
+        format!(
+            "rel_l2 {:.2e} (tol {O_REL_TOL:.0e}), lse err {:.1e} (tol {LSE_TOL:.0e}) vs the \
+             reference on {} ({})",
+            self.rel_l2,
+            self.lse_err,
+            self.sample,
+            if self.passed() { "ok" } else { "WRONG" }
+        )
+    }
+}
+
+/// Compares o_lat `[batch, S_q, H, 512]` and lse `[batch, S_q, H]` computed from `inp` with
+/// [`paged_decode`] run on the same BF16 inputs. When the reference would cost more than the
+/// budget, only some sequences (first, last, random) and heads (first, last, random) are compared.
+pub fn compare_with_reference(
+    inp: &DecodeInputs,
+    got_o: &[bf16],
+    got_lse: &[f32],
+    rng: &mut Rng,
+) -> Result<Comparison> {
+    let s = inp.shape;
+    let (s_q, heads) = (s.q_len, inp.heads);
+    let rows = s.batch * s_q * heads;
+    if got_o.len() != rows * KV_LORA_RANK || got_lse.len() != rows {
+        return Err(Error::shape(
+            "mla_decode check",
+            format!(
+                "outputs hold {} o_lat and {} lse elements, expected {} and {rows}",
+                got_o.len(),
+                got_lse.len(),
+                rows * KV_LORA_RANK
+            ),
+        ));
+    }
+    let lens: Vec<usize> = inp
+        .cache_seqlens
+        .iter()
+        .map(|&l| l.max(0) as usize)
+        .collect();
+
+    // Sequences: all when two heads of all of them fit the budget, else first, last and random
+    // ones while they do (at least one).
+    let head_floor = 2.min(heads);
+    let mut seqs: Vec<usize> = (0..s.batch).collect();
+    if lens.iter().sum::<usize>() * s_q * head_floor > REFERENCE_BUDGET {
+        let mut candidates = vec![0, s.batch - 1];
+        candidates.extend((0..4 * s.batch).map(|_| rng.below(s.batch as u64) as usize));
+        seqs.clear();
+        let mut work = 0;
+        for b in candidates {
+            let w = lens[b] * s_q * head_floor;
+            if !seqs.contains(&b) && (seqs.is_empty() || work + w <= REFERENCE_BUDGET) {
+                seqs.push(b);
+                work += w;
+            }
+        }
+        seqs.sort_unstable();
+    }
+    let work: usize = seqs.iter().map(|&b| lens[b] * s_q).sum();
+    let n_heads = (REFERENCE_BUDGET / work.max(1)).clamp(head_floor, heads);
     let mut checked: Vec<usize> = if n_heads >= heads {
         (0..heads).collect()
     } else {
@@ -216,36 +336,43 @@ pub fn check_decode_format(
     checked.dedup();
     let hs = checked.len();
 
-    // The reference on the checked heads only (heads are independent).
-    let mut q_sub = Vec::with_capacity(s.batch * s_q * hs * KV_DIM);
-    for b in 0..s.batch {
+    // The reference on the sampled sequences and heads only (both are independent).
+    let sub_shape = PagedShape {
+        batch: seqs.len(),
+        ..s
+    };
+    let mut q_sub = Vec::with_capacity(seqs.len() * s_q * hs * KV_DIM);
+    let mut table_sub = Vec::with_capacity(seqs.len() * s.max_blocks);
+    let mut lens_sub = Vec::with_capacity(seqs.len());
+    for &b in &seqs {
         for i in 0..s_q {
             for &h in &checked {
                 let row = (b * s_q + i) * heads + h;
                 q_sub.extend_from_slice(&inp.q[row * KV_DIM..][..KV_DIM]);
             }
         }
+        table_sub.extend_from_slice(&inp.block_table[b * s.max_blocks..][..s.max_blocks]);
+        lens_sub.push(inp.cache_seqlens[b]);
     }
     let expect = paged_decode(
-        &s,
+        &sub_shape,
         hs,
         &q_sub,
         &inp.cache,
-        &inp.block_table,
-        &inp.cache_seqlens,
+        &table_sub,
+        &lens_sub,
         inp.softmax_scale,
     )?;
 
     let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
-    let mut bad = 0usize;
-    let mut first_bad = None;
+    let (mut bad_elements, mut first_bad) = (0usize, None);
     let mut lse_err = 0.0f64;
-    for b in 0..s.batch {
-        let vmax = sequence_vmax(&s, &inp, b);
+    for (sb, &b) in seqs.iter().enumerate() {
+        let vmax = value_max(inp, b);
         for i in 0..s_q {
             for (k, &h) in checked.iter().enumerate() {
                 let row = (b * s_q + i) * heads + h;
-                let rrow = (b * s_q + i) * hs + k;
+                let rrow = (sb * s_q + i) * hs + k;
                 let got = &got_o[row * KV_LORA_RANK..][..KV_LORA_RANK];
                 let want = &expect.o_lat[rrow * KV_LORA_RANK..][..KV_LORA_RANK];
                 for (col, (g, w)) in got.iter().zip(want).enumerate() {
@@ -258,7 +385,7 @@ pub fn check_decode_format(
                     };
                     ref2 += w * w;
                     if err.is_nan() || err > o_element_bound(w, vmax) {
-                        bad += 1;
+                        bad_elements += 1;
                         first_bad.get_or_insert_with(|| {
                             format!("seq {b} query {i} head {h} col {col}: {g} vs {w}")
                         });
@@ -270,43 +397,34 @@ pub fn check_decode_format(
             }
         }
     }
-    let rel = if ref2 > 0.0 {
+    let rel_l2 = if ref2 > 0.0 {
         (diff2 / ref2).sqrt()
     } else if diff2 == 0.0 {
         0.0
     } else {
         f64::INFINITY
     };
-    let case = format!("{} ({} of {heads} heads checked)", c.describe(), hs);
-    let kernel = match format {
-        CacheFormat::Bf16 => KERNEL,
-        CacheFormat::Fp8 => KERNEL_FP8,
-    };
-    Ok(CheckReport::new(kernel, case, "rel_l2", rel, O_REL_TOL)
-        .require(
-            bad == 0,
-            format!(
-                "{bad} o_lat elements outside the per-element bound (first: {})",
-                first_bad.unwrap_or_default()
-            ),
-        )
-        .require(
-            lse_err <= LSE_TOL,
-            format!("lse relative error {lse_err:e} > {LSE_TOL:e}"),
-        )
-        .require(
-            unwritten_o == 0 && unwritten_lse == 0,
-            format!("{unwritten_o} o_lat and {unwritten_lse} lse elements not finite (unwritten?)"),
-        )
-        .require(schedule.is_ok(), schedule.err().unwrap_or_default()))
+    Ok(Comparison {
+        rel_l2,
+        bad_elements,
+        first_bad,
+        lse_err,
+        unwritten_o: got_o.iter().filter(|v| !v.to_f32().is_finite()).count(),
+        unwritten_lse: got_lse.iter().filter(|v| !v.is_finite()).count(),
+        sample: format!(
+            "{} of {} sequences x {hs} of {heads} heads",
+            seqs.len(),
+            s.batch
+        ),
+    })
 }
 
-/// max |c_kv| over the sequence's visible entries (the value bound of [`o_element_bound`]).
-fn sequence_vmax(s: &PagedShape, inp: &DecodeInputs, b: usize) -> f64 {
-    let len = inp.cache_seqlens[b] as usize;
+/// max |c_kv| over sequence `b`'s entries (the value bound of [`o_element_bound`]).
+fn value_max(inp: &DecodeInputs, b: usize) -> f64 {
+    let len = inp.cache_seqlens[b].max(0) as usize;
     (0..len)
         .flat_map(|p| {
-            let e = crate::reference::paged::slot(s, &inp.block_table, b, p);
+            let e = crate::reference::paged::slot(&inp.shape, &inp.block_table, b, p);
             inp.cache[e * KV_DIM..][..KV_LORA_RANK].iter()
         })
         .fold(0.0f64, |m, v| m.max(f64::from(v.to_f32().abs())))

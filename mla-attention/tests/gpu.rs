@@ -4,7 +4,9 @@
 //! parts = many splits per sequence), shared prefix blocks, non-contiguous block tables; outputs
 //! poisoned before every launch. Criteria: `mla_attention::checks`. The naive cuBLAS peer
 //! (`mla_attention::peer`, the bench's comparison point) is held to the same thresholds on ragged
-//! lengths and S_q 1..=4. Without a CUDA device (or the `cuda` feature) each test prints
+//! lengths and S_q 1..=4. The FP8-cache kernel is held to the reference over the dequantized
+//! entries on the same kind of cases, and prefill chunks (S_q up to 64) run through the same
+//! kernel. Without a CUDA device (or the `cuda` feature) each test prints
 //! `skipped: no CUDA device` and checks nothing.
 
 #[cfg(not(feature = "cuda"))]
@@ -20,7 +22,7 @@ fn mla_gpu_tests_need_the_cuda_feature() {
 mod gpu {
     use kernels::gpu::{assert_pass, test_gpu as gpu};
     use kernels::rng::Rng;
-    use mla_attention::checks::{self, DecodeCheck};
+    use mla_attention::checks::{self, CacheFormat, DecodeCheck};
     use mla_attention::peer;
     use proptest::prelude::*;
 
@@ -58,6 +60,38 @@ mod gpu {
             let c = DecodeCheck { seqlens, s_q, heads, parts, shared_prefix };
             assert_pass(checks::check_decode(g, &mut Rng::fresh(), &c));
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..config() })]
+
+        #[test]
+        fn fp8_cache_decode_matches_reference(
+            (s_q, seqlens) in (1usize..=4).prop_flat_map(|s| (Just(s), lens_strategy(s))),
+            heads in prop::sample::select(vec![16usize, 64, 128]),
+            parts in prop_oneof![Just(None), (1usize..=200).prop_map(Some)],
+            shared_prefix: bool,
+        ) {
+            let Some(g) = gpu("mla_decode fp8_cache_decode_matches_reference") else {
+                return Ok(())
+            };
+            let c = DecodeCheck { seqlens, s_q, heads, parts, shared_prefix };
+            let report = checks::check_decode_format(g, &mut Rng::fresh(), &c, CacheFormat::Fp8);
+            assert_pass(report);
+        }
+    }
+
+    #[test]
+    fn prefill_chunks() {
+        if gpu("mla_decode prefill_chunks").is_none() {
+            return;
+        }
+        // S_q past 4: the query rows of one sequence span several 64-row tiles, and the causal
+        // limits fall inside and across KV blocks.
+        run(case(vec![64], 64, 16, None));
+        run(case(vec![64, 65, 130, 1000], 64, 16, None));
+        run(case(vec![5, 700], 5, 128, Some(1)));
+        run(case(vec![37, 2100, 37], 37, 128, None));
     }
 
     fn run(c: DecodeCheck) {
