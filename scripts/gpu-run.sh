@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Runs the carried harness binary on the GPU machine:
+# Runs the carried harness binary (or dsv3) on the GPU machine:
 #   bash scripts/gpu-run.sh verify
 #   bash scripts/gpu-run.sh bench --out "$OUT"
+#   bash scripts/gpu-run.sh dsv3 bench --synthetic full-width --mtp-cost   # the carried dsv3
+#   bash scripts/gpu-run.sh session "$OUT"   # verify, bench --all, and the dsv3 GPU benchmarks
 # The binary loads libcuda and libcublas at run time. The GPU image has the driver's libcuda on
 # the loader path but cuBLAS only inside Python wheels (nvidia-cublas), so this finds that
 # library directory (and NCCL's) to LD_LIBRARY_PATH before starting the harness.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${HARNESS_BIN:-$root/target/release/harness}
-if [[ ! -x $bin ]]; then
-  echo "gpu-run: $bin not found; build it with 'cargo build --release --features cuda -p harness' and carry target/release/harness" >&2
-  exit 1
-fi
+dsv3=${DSV3_BIN:-$root/target/release/dsv3}
+need() {
+  if [[ ! -x $1 ]]; then
+    echo "gpu-run: $1 not found; build it with 'cargo build --release --features cuda -p $2' and carry target/release/$(basename "$1")" >&2
+    exit 1
+  fi
+}
+if [[ ${1:-} == dsv3 ]]; then need "$dsv3" model; else need "$bin" harness; fi
 
 roots=(/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
 if command -v python3 >/dev/null; then
@@ -44,4 +50,25 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
     fi
   done
 fi
+case ${1:-} in
+  dsv3)
+    shift
+    exec "$dsv3" "$@"
+    ;;
+  session)
+    out=${2:?usage: gpu-run.sh session OUT_DIR}
+    mkdir -p "$out"
+    status=0
+    "$bin" verify --json "$out/verify.json" || status=1
+    "$bin" bench --all --out "$out/bench" || status=1
+    if [[ -x $dsv3 ]]; then
+      "$dsv3" bench --synthetic full-width --layers 4 --out "$out/full-width" || status=1
+      "$dsv3" bench --synthetic full-width --layers 4 --mtp-cost --out "$out/mtp-step-cost" || status=1
+    else
+      echo "gpu-run: $dsv3 not found; skipping the dsv3 benchmarks (build with 'cargo build --release --features cuda -p model --bin dsv3' and carry it)" >&2
+      status=1
+    fi
+    exit $status
+    ;;
+esac
 exec "$bin" "$@"

@@ -48,6 +48,31 @@ pub fn full_width_config(layers: usize) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// [`full_width_config`] plus one MTP module (`num_nextn_predict_layers` 1, an MoE decoder layer
+/// as DeepSeek-V3's): the model of `dsv3 bench --synthetic full-width --mtp-cost`.
+pub fn full_width_mtp_config(layers: usize) -> Result<ModelConfig> {
+    let mut cfg = full_width_config(layers)?;
+    cfg.num_nextn_predict_layers = 1;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Bytes of one MTP module on the device: enorm, hnorm, eh_proj (BF16 `[hidden, 2 * hidden]`),
+/// the decoder layer, shared_head's norm and head and its own embedding (BF16
+/// `[vocab, hidden]` each).
+pub fn mtp_weight_bytes(cfg: &ModelConfig) -> u64 {
+    let w = WeightBytes::new(cfg);
+    let hidden = cfg.hidden_size as u64;
+    let layer = w.attention
+        + w.layer_norms
+        + if cfg.is_moe_layer(cfg.mtp_layer_id(0)) {
+            w.router + w.shared + cfg.n_routed_experts as u64 * w.expert
+        } else {
+            w.dense_mlp
+        };
+    3 * hidden * 2 + hidden * 2 * hidden * 2 + layer + 2 * w.vocab_matrix
+}
+
 /// Bytes of a block-scaled FP8 weight `[n, k]`: the e4m3 codes and the f32 scales
 /// `[ceil(n / 128), k / 128]`.
 pub fn fp8_linear_bytes(n: usize, k: usize) -> u64 {
@@ -695,5 +720,23 @@ mod tests {
     #[test]
     fn zero_layers_is_an_error() {
         assert!(full_width_config(0).is_err());
+        assert!(full_width_mtp_config(0).is_err());
+    }
+
+    #[test]
+    fn the_mtp_module_is_an_moe_layer_plus_two_vocab_matrices() {
+        let cfg = full_width_mtp_config(4).unwrap();
+        assert_eq!(cfg.num_nextn_predict_layers, 1);
+        assert!(cfg.is_moe_layer(cfg.mtp_layer_id(0)));
+        let w = WeightBytes::new(&cfg);
+        let moe = w.attention + w.layer_norms + w.router + w.shared + 256 * w.expert;
+        let eh_proj = 7168 * 14336 * 2;
+        assert_eq!(
+            mtp_weight_bytes(&cfg),
+            moe + 2 * w.vocab_matrix + eh_proj + 3 * 7168 * 2
+        );
+        // About 15 GB: one MoE layer (~12 GB) and two 1.85 GB vocabulary matrices.
+        let gb = mtp_weight_bytes(&cfg) as f64 / 1e9;
+        assert!((14.0..17.0).contains(&gb), "{gb}");
     }
 }

@@ -22,6 +22,7 @@ pub mod cuda;
 pub mod engine;
 pub mod error;
 pub mod fullwidth;
+pub mod mtp_cost;
 pub mod reference;
 pub mod speculative;
 pub mod tiny;

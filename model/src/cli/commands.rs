@@ -59,9 +59,26 @@ pub fn run(command: Command) -> Result<()> {
             steps,
             synthetic,
             layers,
+            mtp_cost,
+            batches,
+            context,
             json,
             out,
         } => match synthetic {
+            _ if mtp_cost => super::mtp_cost::bench_mtp_cost(
+                &model,
+                synthetic.as_deref(),
+                &super::mtp_cost::MtpCostArgs {
+                    layers,
+                    batches,
+                    batch,
+                    prompt_len,
+                    context,
+                    steps,
+                    json,
+                    out,
+                },
+            ),
             Some(kind) => super::synthetic::bench_synthetic(
                 &kind,
                 &super::synthetic::SyntheticArgs {
@@ -73,6 +90,9 @@ pub fn run(command: Command) -> Result<()> {
                     out,
                 },
             ),
+            None if out.is_some() => Err(ModelError::request(
+                "--out writes the report of --synthetic or --mtp-cost; plain bench prints only",
+            )),
             None => bench(
                 &model,
                 prompt_len.unwrap_or(128),
@@ -96,7 +116,7 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-fn set_threads(threads: Option<usize>) -> Result<()> {
+pub(super) fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod commands;
 pub mod load;
+pub mod mtp_cost;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -132,7 +133,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prefill and decode tokens/s.
+    /// Prefill and decode tokens/s; with --mtp-cost the cost of MTP verify steps.
     Bench {
         #[command(flatten)]
         model: ModelArgs,
@@ -142,7 +143,8 @@ pub enum Command {
         /// Sequences decoded together (default 1; with --synthetic: 1, 32 and 128).
         #[arg(long)]
         batch: Option<usize>,
-        /// Decode steps measured.
+        /// Decode steps measured (with --mtp-cost: timed calls per step kind and batch, and the
+        /// new tokens of the forced-acceptance runs, which also run twice as many).
         #[arg(long, default_value_t = 32)]
         steps: usize,
         /// `full-width`: random FP8 weights at DeepSeek-V3's real dimensions generated on the GPU
@@ -153,10 +155,25 @@ pub enum Command {
         /// Decoder layers of the --synthetic model.
         #[arg(long, default_value_t = 4)]
         layers: usize,
+        /// The cost of a verify step (S_q = 2, 3) and of an MTP draft relative to a plain decode
+        /// step at each batch size over --context cached tokens, the speedup projected at 85%
+        /// and 90% acceptance, and end-to-end tokens/s at forced acceptance (batch 1). Runs on
+        /// the CPU backend (built-in model or --model) and with --synthetic full-width on CUDA.
+        #[arg(long)]
+        mtp_cost: bool,
+        /// With --mtp-cost: batch sizes, comma separated (default 1,32,128 on a GPU, 1,4 on the
+        /// CPU).
+        #[arg(long, requires = "mtp_cost", conflicts_with = "batch")]
+        batches: Option<String>,
+        /// With --mtp-cost: tokens in every sequence's cache (default 4096 on a GPU, 64 on the
+        /// CPU); also the prompt length of the forced-acceptance runs.
+        #[arg(long, requires = "mtp_cost")]
+        context: Option<usize>,
         #[arg(long)]
         json: bool,
-        /// With --synthetic: also write results.json and REPORT.md into this directory.
-        #[arg(long, requires = "synthetic")]
+        /// With --synthetic: also write results.json and REPORT.md into this directory; with
+        /// --mtp-cost: mtp-step-cost.json and MTP-STEP-COST.md.
+        #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Write the built-in tiny model as a checkpoint directory.

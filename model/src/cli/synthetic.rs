@@ -18,13 +18,25 @@ pub struct SyntheticArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Runs `--synthetic KIND` (only `full-width` exists).
-pub fn bench_synthetic(kind: &str, args: &SyntheticArgs) -> Result<()> {
+/// Checks `--synthetic KIND` (only `full-width` exists).
+pub fn check_kind(kind: &str) -> Result<()> {
     if kind != "full-width" {
         return Err(ModelError::request(format!(
             "--synthetic {kind}: unknown benchmark (the one there is: full-width)"
         )));
     }
+    Ok(())
+}
+
+/// What a build without the `cuda` feature says to `--synthetic`.
+#[cfg(not(feature = "cuda"))]
+pub const NEEDS_CUDA: &str = "--synthetic full-width runs on a CUDA GPU and requires a build \
+    with --features cuda (it generates its random weights on the device): `cargo build --release \
+    --features cuda -p model`";
+
+/// Runs `--synthetic KIND` (only `full-width` exists).
+pub fn bench_synthetic(kind: &str, args: &SyntheticArgs) -> Result<()> {
+    check_kind(kind)?;
     // Checks that need no device first, so a bad flag is reported the same way everywhere.
     crate::fullwidth::full_width_config(args.layers)?;
     if args.steps == 0 || args.prompt_len == Some(0) || args.batch == Some(0) {
@@ -37,11 +49,7 @@ pub fn bench_synthetic(kind: &str, args: &SyntheticArgs) -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run(_args: &SyntheticArgs) -> Result<()> {
-    Err(ModelError::request(
-        "--synthetic full-width runs on a CUDA GPU and requires a build with --features cuda \
-         (it generates its random weights on the device): `cargo build --release --features \
-         cuda -p model`",
-    ))
+    Err(ModelError::request(NEEDS_CUDA))
 }
 
 #[cfg(feature = "cuda")]

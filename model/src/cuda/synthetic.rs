@@ -5,6 +5,11 @@
 //! KV cache, each op group (an instrumented copy of the forward pass with CUDA events between the
 //! groups) and the copy bandwidth of the roofline. The byte accounting and the report are host
 //! code in [`crate::fullwidth`].
+//!
+//! [`run_mtp_cost`] (`--synthetic full-width --mtp-cost`) builds the same model plus a synthetic
+//! MTP module (an MoE decoder layer, BF16 `eh_proj`, head and embedding at full vocabulary) as a
+//! [`CudaBackend`] with a randomly filled KV cache, and runs the backend-generic step-cost
+//! measurement of [`crate::mtp_cost`] on it.
 
 use std::collections::HashMap;
 
@@ -21,20 +26,25 @@ use crate::config::ModelConfig;
 use crate::cpu::weights::routing_config;
 use crate::cpu::{check_chunks, SeqChunk, Trace};
 use crate::cubins::SYNTHETIC_FILL;
-use crate::engine::LogitRows;
+use crate::engine::{Backend, Engine, LogitRows};
 use crate::error::{ModelError, Result};
 use crate::fullwidth::{
-    decode_step_bytes, full_width_config, kv_entry_bytes, FullWidthReport, OpTime, PhaseResult,
-    WeightBytes, KV_NOTE, WEIGHTS_NOTE,
+    decode_step_bytes, full_width_config, full_width_mtp_config, kv_entry_bytes, mtp_weight_bytes,
+    FullWidthReport, OpTime, PhaseResult, WeightBytes, KV_NOTE, WEIGHTS_NOTE,
+};
+use crate::mtp_cost::{
+    check_forced, check_options, current_commit, forced_acceptance, kv_blocks_needed,
+    measure_step_costs, shape_json, MtpCostReport, StepCostOptions,
 };
 
 use super::forward::CallState;
+use super::mtp::{EhProj, GpuMtp};
 use super::profile::{cuda_err, OpMarks};
 use super::weights::{
     alloc_err, zeros, Fp8Linear, GpuAttention, GpuExperts, GpuFfn, GpuLayer, GpuMlp, GpuMoe,
     GpuQuery,
 };
-use super::{check_config, CudaModel};
+use super::{check_config, CudaBackend, CudaModel};
 
 /// Standard deviation of the random e4m3 codes: a real 128x128 block's amax (448) is about 4
 /// sigma of its codes.
@@ -263,12 +273,47 @@ impl<'g> Filler<'g> {
             ffn,
         })
     }
+
+    /// The first MTP module of `cfg` (layer `num_hidden_layers`): norms ~ 1, a BF16 `eh_proj`
+    /// `[hidden, 2 * hidden]` (as DeepSeek-V3 stores it), the decoder layer, and BF16 head and
+    /// embedding `[vocab, hidden]`.
+    fn mtp(&mut self, cfg: &ModelConfig) -> Result<GpuMtp> {
+        let l = cfg.mtp_layer_id(0);
+        let (vocab, d) = (cfg.vocab_size, cfg.hidden_size);
+        let p = format!("model.layers.{l}");
+        let eh_proj = self.bf16_tensor(
+            &[d, 2 * d],
+            0.0,
+            1.0 / ((2 * d) as f32).sqrt(),
+            &format!("{p}.eh_proj.weight"),
+        )?;
+        Ok(GpuMtp {
+            enorm: self.norm(d, &format!("{p}.enorm.weight"))?,
+            hnorm: self.norm(d, &format!("{p}.hnorm.weight"))?,
+            eh_proj: EhProj::Bf16(eh_proj),
+            layer: self.layer(cfg, l)?,
+            head_norm: self.norm(d, &format!("{p}.shared_head.norm.weight"))?,
+            head: self.bf16_tensor(
+                &[vocab, d],
+                0.0,
+                1.0 / (d as f32).sqrt(),
+                &format!("{p}.shared_head.head.weight"),
+            )?,
+            embed: self.bf16_tensor(&[vocab, d], 0.0, 1.0, &format!("{p}.embed_tokens.weight"))?,
+        })
+    }
+
+    /// Fills a KV cache `[blocks, 64, 576]` with random BF16 entries ~ N(0, 1).
+    fn kv_cache(&mut self, cache: &mut DeviceTensor<bf16>, what: &str) -> Result<()> {
+        self.bf16(cache, 0.0, 1.0, what)
+    }
 }
 
 impl CudaModel {
     /// A model of `cfg`'s shapes with random weights generated on the device from `seed` (FP8
-    /// codes finite, block scales positive, norms ~ 1; see [`crate::fullwidth::WEIGHTS_NOTE`]).
-    /// No MTP module. GPU out-of-memory is an error naming the tensor being allocated.
+    /// codes finite, block scales positive, norms ~ 1; see [`crate::fullwidth::WEIGHTS_NOTE`]),
+    /// with a synthetic MTP module when `cfg.num_nextn_predict_layers > 0`. GPU out-of-memory is
+    /// an error naming the tensor being allocated.
     pub fn synthetic(
         gpu: &Gpu,
         cfg: &ModelConfig,
@@ -300,11 +345,16 @@ impl CudaModel {
             1.0 / (hidden as f32).sqrt(),
             "lm_head.weight",
         )?;
+        let mtp = if cfg.num_nextn_predict_layers > 0 {
+            Some(Box::new(fill.mtp(&cfg)?))
+        } else {
+            None
+        };
         gpu.synchronize()?;
         Ok(CudaModel {
             softmax_scale: cfg.softmax_scale() as f32,
             device: gpu.info().name.clone(),
-            mtp: None,
+            mtp,
             cfg,
             rope,
             embed,
@@ -647,3 +697,141 @@ pub fn run_full_width(
         ],
     })
 }
+
+/// What `dsv3 bench --synthetic full-width --mtp-cost` measures.
+#[derive(Clone, Debug)]
+pub struct MtpCostOptions {
+    pub layers: usize,
+    /// The step-cost measurement (its `fill` is ignored: the cache is filled with random entries).
+    pub steps: StepCostOptions,
+    /// Prompt of the forced-acceptance runs.
+    pub prompt_len: usize,
+    /// New tokens of the short forced-acceptance run (the long one runs twice as many).
+    pub new_tokens: usize,
+}
+
+/// Checks that the synthetic model with MTP and its caches fit in the device's free memory.
+fn check_mtp_memory(gpu: &Gpu, cfg: &ModelConfig, kv_blocks: usize) -> Result<(u64, u64)> {
+    let weights = WeightBytes::new(cfg).resident(cfg) + mtp_weight_bytes(cfg);
+    let kv_bytes = cache_layer_bytes(cfg, kv_blocks) * (cfg.num_hidden_layers as u64 + 1);
+    let (free, total) = gpu.mem_info()?;
+    if weights + kv_bytes > free as u64 {
+        return Err(ModelError::request(format!(
+            "--layers {} --mtp-cost: the synthetic model needs {:.2} GB of weights (MTP module \
+             included) + {:.2} GB of KV cache ({kv_blocks} blocks per layer), but {} has {:.2} GB \
+             free of {:.2} GB; use fewer --layers, smaller --batches or a shorter --context",
+            cfg.num_hidden_layers,
+            weights as f64 / 1e9,
+            kv_bytes as f64 / 1e9,
+            gpu.info().name,
+            free as f64 / 1e9,
+            total as f64 / 1e9,
+        )));
+    }
+    Ok((weights, kv_bytes))
+}
+
+/// The synthetic model with MTP as a [`CudaBackend`] of `kv_blocks` blocks, every cache block
+/// (main layers and MTP layer) filled with random entries.
+fn synthetic_backend<'g>(
+    gpu: &'g Gpu,
+    cfg: &ModelConfig,
+    kv_blocks: usize,
+    seed: u64,
+    log: &mut dyn FnMut(&str),
+) -> Result<CudaBackend<'g>> {
+    let model = CudaModel::synthetic(gpu, cfg, seed, &mut |done, all| {
+        log(&format!("  layer {done}/{all}"));
+    })?;
+    let mut backend = CudaBackend::new(model, gpu, kv_blocks)?;
+    let mut fill = Filler {
+        gpu,
+        seed: seed ^ 0x006b_7663_6163_6865,
+        count: 0,
+    };
+    for (l, cache) in backend.cache.iter_mut().enumerate() {
+        fill.kv_cache(cache, &format!("the KV cache of layer {l}"))?;
+    }
+    if let Some(cache) = backend.mtp_cache.as_mut() {
+        fill.kv_cache(cache, "the KV cache of the MTP layer")?;
+    }
+    gpu.synchronize()?;
+    Ok(backend)
+}
+
+/// Builds the full-width synthetic model with an MTP module on `gpu` and runs the MTP step-cost
+/// measurement and the forced-acceptance runs on it; `log` gets progress lines.
+pub fn run_mtp_cost(
+    gpu: &Gpu,
+    opts: &MtpCostOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<MtpCostReport> {
+    let cfg = full_width_mtp_config(opts.layers)?;
+    check_config(&cfg)?;
+    check_options(&opts.steps, &cfg, usize::MAX)?;
+    check_forced(&cfg, opts.prompt_len, opts.new_tokens)?;
+    let kv_blocks = kv_blocks_needed(&opts.steps, opts.prompt_len, opts.new_tokens);
+    let (weights, kv_bytes) = check_mtp_memory(gpu, &cfg, kv_blocks)?;
+    log(&format!(
+        "generating {:.2} GB of random weights on {} ({} layers + MTP) and {:.2} GB of random KV \
+         cache",
+        weights as f64 / 1e9,
+        gpu.info().name,
+        cfg.num_hidden_layers,
+        kv_bytes as f64 / 1e9
+    ));
+    let backend = synthetic_backend(gpu, &cfg, kv_blocks, opts.steps.seed, log)?;
+    let mut engine = Engine::new(backend)?;
+    let costs = measure_step_costs(&mut engine, &opts.steps, log)?;
+    log(&format!(
+        "forced acceptance: batch 1, prompt {}, {} and {} new tokens",
+        opts.prompt_len,
+        opts.new_tokens,
+        2 * opts.new_tokens
+    ));
+    let forced = forced_acceptance(
+        &mut engine,
+        opts.prompt_len,
+        opts.new_tokens,
+        opts.steps.seed,
+    )?;
+    Ok(MtpCostReport {
+        backend: engine.backend().describe(),
+        model: format!(
+            "full-width synthetic DeepSeek-V3, {} layers (1 dense + {} MoE) + 1 MTP layer (MoE)",
+            cfg.num_hidden_layers,
+            cfg.num_hidden_layers - 1
+        ),
+        commit: current_commit(),
+        shape: shape_json(&cfg),
+        context: opts.steps.context,
+        warmup: opts.steps.warmup,
+        reps: opts.steps.reps,
+        costs,
+        forced: Some(forced),
+        notes: vec![
+            WEIGHTS_NOTE.to_string(),
+            MTP_NOTE.to_string(),
+            format!(
+                "the KV cache of every layer (MTP included) is filled with random BF16 entries \
+                 instead of a prefill of {} tokens per sequence (step time depends on the cache \
+                 length, not on its values); the forced-acceptance runs prefill their prompt for \
+                 real",
+                opts.steps.context
+            ),
+            FORCED_NOTE.to_string(),
+        ],
+    })
+}
+
+/// What the report says about the synthetic MTP module.
+const MTP_NOTE: &str = "the MTP module is synthetic too: an MoE decoder layer like V3's layer 61 \
+    (256 experts, top-8, shared expert), a BF16 eh_proj [7168, 14336], BF16 shared_head and \
+    embedding at the full 129280-token vocabulary, run by the CUDA backend's mtp_forward (which \
+    rounds eh_proj's output through the host, as it does for real checkpoints)";
+
+/// What the report says about the forced-acceptance runs on random weights.
+const FORCED_NOTE: &str = "forced acceptance on random weights: the drafts are a plain greedy \
+    run's tokens; the verify pass computes the same logits with other GEMM shapes, and random \
+    logits have near ties, so a few drafts can still be rejected (the measured acceptance is \
+    reported)";
