@@ -220,6 +220,23 @@ pub struct BatchCost {
 }
 
 impl BatchCost {
+    /// The step-cost row shared by the text table and the markdown report: batch, the four
+    /// medians (ms) and the three ratios to the decode step ("-" without an MTP draft).
+    fn cells(&self) -> [String; 8] {
+        let dec = self.decode.median_ms;
+        let draft = self.draft.as_ref().map(|t| t.median_ms);
+        [
+            self.batch.to_string(),
+            format!("{dec:.3}"),
+            format!("{:.3}", self.verify2.median_ms),
+            format!("{:.3}", self.verify3.median_ms),
+            draft.map_or("-".into(), |d| format!("{d:.3}")),
+            format!("{:.3}", self.verify2.median_ms / dec),
+            format!("{:.3}", self.verify3.median_ms / dec),
+            draft.map_or("-".into(), |d| format!("{:.3}", d / dec)),
+        ]
+    }
+
     /// The verify step of `drafts` drafts (`S_q = drafts + 1`).
     pub fn verify(&self, drafts: usize) -> &TimingStats {
         if drafts <= 1 {
@@ -778,19 +795,11 @@ impl MtpCostReport {
             "dr/dec"
         );
         for c in &self.costs {
-            let dec = c.decode.median_ms;
-            let draft = c.draft.as_ref().map(|t| t.median_ms);
+            let cells = c.cells();
             let _ = writeln!(
                 s,
-                "{:>6} {:>11.3} {:>11.3} {:>11.3} {:>11} {:>8.2} {:>8.2} {:>8}",
-                c.batch,
-                dec,
-                c.verify2.median_ms,
-                c.verify3.median_ms,
-                draft.map_or("-".into(), |d| format!("{d:.3}")),
-                c.verify2.median_ms / dec,
-                c.verify3.median_ms / dec,
-                draft.map_or("-".into(), |d| format!("{:.2}", d / dec)),
+                "{:>6} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
+                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
             );
         }
         let _ = writeln!(s, "\nprojected speedup (E * T_decode / T):");
@@ -858,20 +867,7 @@ impl MtpCostReport {
         );
         let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in &self.costs {
-            let dec = c.decode.median_ms;
-            let draft = c.draft.as_ref().map(|t| t.median_ms);
-            let _ = writeln!(
-                s,
-                "| {} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {} |",
-                c.batch,
-                dec,
-                c.verify2.median_ms,
-                c.verify3.median_ms,
-                draft.map_or("-".into(), |d| format!("{d:.3}")),
-                c.verify2.median_ms / dec,
-                c.verify3.median_ms / dec,
-                draft.map_or("-".into(), |d| format!("{:.3}", d / dec)),
-            );
+            let _ = writeln!(s, "| {} |", c.cells().join(" | "));
         }
         let _ = writeln!(s, "\n## Projected speedup\n");
         let _ = writeln!(
