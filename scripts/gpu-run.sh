@@ -4,6 +4,8 @@
 #   bash scripts/gpu-run.sh bench --out "$OUT"
 #   bash scripts/gpu-run.sh dsv3 bench --synthetic full-width --mtp-cost   # the carried dsv3
 #   bash scripts/gpu-run.sh session "$OUT"   # verify, bench --all, and the dsv3 GPU benchmarks
+#   bash scripts/gpu-run.sh sanitize "$OUT"  # compute-sanitizer memcheck + racecheck on quick suites
+#                                            # (carry .gpu-tools/ from scripts/fetch-gpu-tools.sh)
 # The binary loads libcuda and libcublas at run time. The GPU image has the driver's libcuda on
 # the loader path but cuBLAS only inside Python wheels (nvidia-cublas), so this finds that
 # library directory (and NCCL's) to LD_LIBRARY_PATH before starting the harness.
@@ -50,7 +52,47 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
     fi
   done
 fi
+# compute-sanitizer: on PATH, in the CUDA toolkit, or unpacked from the carried wheel.
+find_sanitizer() {
+  local s
+  s=$(command -v compute-sanitizer || true)
+  [[ -z $s && -x /usr/local/cuda/bin/compute-sanitizer ]] && s=/usr/local/cuda/bin/compute-sanitizer
+  if [[ -z $s ]]; then
+    local whl
+    whl=$(ls "$root"/.gpu-tools/nvidia_cuda_sanitizer_api-*.whl 2>/dev/null | head -n 1 || true)
+    if [[ -n $whl ]]; then
+      local dir=/tmp/dsv3-sanitizer
+      [[ -x $dir/nvidia/cu13/bin/compute-sanitizer ]] ||
+        python3 -m zipfile -e "$whl" "$dir" >/dev/null
+      chmod +x "$dir/nvidia/cu13/bin/compute-sanitizer"
+      s=$dir/nvidia/cu13/bin/compute-sanitizer
+    fi
+  fi
+  echo "$s"
+}
+
 case ${1:-} in
+  sanitize)
+    out=${2:?usage: gpu-run.sh sanitize OUT_DIR}
+    mkdir -p "$out"
+    san=$(find_sanitizer)
+    if [[ -z $san ]]; then
+      echo "gpu-run: compute-sanitizer not found; run scripts/fetch-gpu-tools.sh here and carry .gpu-tools" >&2
+      exit 1
+    fi
+    status=0
+    # Quick suites only: memcheck slows kernels by 10-100x, racecheck more. Each tool's log
+    # ends with its "ERROR SUMMARY" line.
+    for tool in memcheck racecheck; do
+      for suite in kernels mla-attention fp8-gemm moe-dispatch; do
+        log="$out/$tool-$suite.log"
+        timeout "${SANITIZE_TIMEOUT:-240}" "$san" --tool "$tool" --error-exitcode 3 \
+          "$bin" verify --quick --suite "$suite" >"$log" 2>&1 || status=1
+        echo "$tool $suite: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+      done
+    done
+    exit $status
+    ;;
   dsv3)
     shift
     exec "$dsv3" "$@"

@@ -20,12 +20,39 @@ pub struct VerifyArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Run only these suites (repeatable): kernels, fp8-gemm, moe-dispatch, mla-attention,
+    /// "mla-attention peer", model. For example the few cases a compute-sanitizer run covers.
+    #[arg(long = "suite", value_name = "SUITE")]
+    pub suites: Vec<String>,
 }
+
+/// Every suite `verify` runs, by name (the `--suite` values).
+pub const SUITE_NAMES: [&str; 6] = [
+    "kernels",
+    "fp8-gemm",
+    "moe-dispatch",
+    "mla-attention",
+    "mla-attention peer",
+    "model",
+];
 
 /// Exit status when the run could not happen because there is no GPU and `--require-gpu` was set.
 const NO_GPU_EXIT: u8 = 2;
+/// Exit status of a bad argument (clap's).
+const USAGE_EXIT: u8 = 2;
 
 pub fn run(args: &VerifyArgs) -> ExitCode {
+    if let Some(bad) = args
+        .suites
+        .iter()
+        .find(|s| !SUITE_NAMES.contains(&s.as_str()))
+    {
+        eprintln!(
+            "verify: unknown suite {bad:?}; the suites are {}",
+            SUITE_NAMES.map(|s| format!("{s:?}")).join(", ")
+        );
+        return ExitCode::from(USAGE_EXIT);
+    }
     println!("harness verify  commit {BUILD_COMMIT}  {}", utc_now());
     match gpu_run::run(args) {
         Outcome::Done { failures: 0 } => ExitCode::SUCCESS,
@@ -83,8 +110,8 @@ mod gpu_run {
 
     /// The check suites of the workspace, one per crate with GPU kernels. A crate that adds
     /// kernels adds its suite here, so `verify` always covers every kernel.
-    fn suites() -> Vec<(&'static str, Suite)> {
-        vec![
+    fn suites() -> [(&'static str, Suite); SUITE_NAMES.len()] {
+        [
             ("kernels", kernels::checks::all_checks),
             ("fp8-gemm", fp8_gemm::checks::all_checks),
             ("moe-dispatch", moe_dispatch::checks::all_checks),
@@ -94,6 +121,15 @@ mod gpu_run {
             ("mla-attention peer", mla_attention::peer::all_checks),
             ("model", model::cuda::checks::all_checks),
         ]
+    }
+
+    /// The suites `args` selects (all without `--suite`), in the order above.
+    fn selected(args: &VerifyArgs) -> Vec<(&'static str, Suite)> {
+        let all = suites();
+        debug_assert!(all.iter().map(|s| s.0).eq(SUITE_NAMES));
+        all.into_iter()
+            .filter(|(name, _)| args.suites.is_empty() || args.suites.iter().any(|s| s == name))
+            .collect()
     }
 
     #[derive(serde::Serialize)]
@@ -125,7 +161,7 @@ mod gpu_run {
             "suite", "kernel", "case", "metric", "error", "tol", "result",
         ]);
         let mut rows = Vec::new();
-        for (suite, checks) in suites() {
+        for (suite, checks) in selected(args) {
             for result in checks(&gpu, args.quick) {
                 let row = match result {
                     Ok(report) => Row {
