@@ -126,11 +126,7 @@ fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> 
         );
         results.push(result);
     }
-    let end_to_end = if args
-        .filter
-        .as_ref()
-        .is_none_or(|f| "dsv3".contains(f.as_str()))
-    {
+    let end_to_end = if wants_end_to_end(args) {
         println!("end to end: the CPU backend on the built-in tiny model");
         crate::end_to_end::run_cpu(args.quick, reps).unwrap_or_else(|e| {
             skipped.push(Skipped {
@@ -165,7 +161,15 @@ fn cpu_bench(args: &BenchArgs, items: &[BenchItem], date: &str, why: String) -> 
         cases: results,
         skipped,
         end_to_end,
+        sub_reports: Vec::new(),
     }
+}
+
+/// Whether this run includes the end-to-end model numbers (the `dsv3` filter).
+fn wants_end_to_end(args: &BenchArgs) -> bool {
+    args.filter
+        .as_ref()
+        .is_none_or(|f| "dsv3".contains(f.as_str()))
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -325,6 +329,18 @@ mod gpu_bench {
                 ceilings::cublas_bf16_gemm(gpu, &mut rng, warmup, reps.min(50))?,
             ]
         };
+        // The model end to end: the full-width synthetic model and the MTP step costs (about
+        // 38 + 53 GB, built one after the other). Not in --quick runs.
+        let (end_to_end, sub_reports) = if wants_end_to_end(args) && !args.quick {
+            let (rows, subs, failed) = crate::end_to_end::run_gpu(gpu, &args.out);
+            for (case, why) in failed {
+                println!("          {case} skipped: {why}");
+                skipped.push(Skipped { case, why });
+            }
+            (rows, subs)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let smi_end = crate::environment::nvidia_smi(info.ordinal);
         let smi = |v: Option<Vec<(String, String)>>| {
             v.map_or(serde_json::Value::Null, |kv| {
@@ -360,8 +376,8 @@ mod gpu_bench {
             ceilings,
             cases: results,
             skipped,
-            // The CUDA backend of the model is not built yet; its numbers join here when it is.
-            end_to_end: Vec::new(),
+            end_to_end,
+            sub_reports,
         })
     }
 

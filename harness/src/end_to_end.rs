@@ -1,6 +1,9 @@
 //! End-to-end numbers: the model's tokens/s. Without a GPU this is the CPU backend on the
-//! built-in tiny model (random weights, generated in memory), labelled CPU in the report; the
-//! full-width GPU numbers join here when the CUDA backend lands.
+//! built-in tiny model (random weights, generated in memory), labelled CPU in the report. On a
+//! GPU it is `dsv3 bench --synthetic full-width` (random FP8 weights at DeepSeek-V3's real
+//! dimensions, prefill 4096 and decode at batch 1/32/128 over 4096 cached tokens, with the decode
+//! roofline) and `--mtp-cost` (the MTP verify-step costs), run in the harness's process; their
+//! own reports are written next to the harness report and linked from it.
 
 use kernels::stats::TimingStats;
 use model::cpu::{CpuModel, Precision, SeqChunk};
@@ -22,6 +25,20 @@ pub struct EndToEnd {
     pub tokens_per_step: usize,
     pub step: TimingStats,
     pub tokens_per_s: f64,
+    /// Decode on the GPU: tokens/s if the step ran at the measured copy bandwidth over the
+    /// weight and KV bytes it must touch (absent on the CPU and in older reports).
+    #[serde(default)]
+    pub roofline_tokens_per_s: Option<f64>,
+}
+
+/// A report written next to the harness's own (a `dsv3` benchmark's), linked from REPORT.md.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SubReport {
+    pub title: String,
+    /// Relative to the report directory.
+    pub path: String,
+    /// One line: what it found.
+    pub summary: String,
 }
 
 const MODEL: &str = "built-in tiny (random weights)";
@@ -129,5 +146,86 @@ fn entry(
         tokens_per_step,
         step,
         tokens_per_s,
+        roofline_tokens_per_s: None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use gpu::run_gpu;
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{EndToEnd, SubReport};
+    use kernels::gpu::Gpu;
+    use model::cuda::synthetic::{run_full_width, run_mtp_cost, FullWidthOptions, MtpCostOptions};
+
+    /// Layers of the synthetic model (1 dense + 3 MoE, about 38 GB of weights).
+    const LAYERS: usize = 4;
+    /// Timed decode steps / calls per step kind.
+    const REPS: usize = 32;
+    const WARMUP: usize = 3;
+
+    /// The full-width benchmark and the MTP step costs on `gpu`; each writes its own report
+    /// under `out` (`full-width/`, `mtp-step-cost/`). A failing part is returned as a skip
+    /// reason and the other still runs.
+    pub fn run_gpu(
+        gpu: &Gpu,
+        out: &std::path::Path,
+    ) -> (Vec<EndToEnd>, Vec<SubReport>, Vec<(String, String)>) {
+        let (mut rows, mut subs, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+        let mut log = |line: &str| println!("          {line}");
+
+        println!("end to end: dsv3 bench --synthetic full-width --layers {LAYERS}");
+        let opts = FullWidthOptions::standard(LAYERS, REPS);
+        match run_full_width(gpu, &opts, &mut log)
+            .and_then(|r| model::fullwidth::write_report(&out.join("full-width"), &r).map(|()| r))
+        {
+            Ok(report) => {
+                let copy = report.copy_gb_per_s;
+                for p in report.prefill.iter().chain(&report.decode) {
+                    rows.push(EndToEnd {
+                        model: format!(
+                            "synthetic full-width ({LAYERS} layers, random FP8 weights)"
+                        ),
+                        backend: format!("cuda fp8 on {}", report.device),
+                        phase: p.phase.into(),
+                        batch: p.batch,
+                        context: p.context,
+                        tokens_per_step: p.tokens_per_call,
+                        step: p.timing.clone(),
+                        tokens_per_s: p.tokens_per_s(),
+                        roofline_tokens_per_s: p
+                            .roofline_ms(copy)
+                            .map(|ms| p.tokens_per_call as f64 / (ms * 1e-3)),
+                    });
+                }
+                subs.push(SubReport {
+                    title: "Full-width synthetic model (per-op breakdown, roofline)".into(),
+                    path: "full-width/REPORT.md".into(),
+                    summary: report
+                        .batch1_ratio()
+                        .map_or("decode at batch 1 not measured".into(), |r| {
+                            format!("decode at batch 1: {r:.2}x its roofline (target <= 1.3x)")
+                        }),
+                });
+            }
+            Err(e) => skipped.push(("dsv3 full-width".into(), e.to_string())),
+        }
+
+        println!("end to end: dsv3 bench --synthetic full-width --layers {LAYERS} --mtp-cost");
+        let opts = MtpCostOptions::standard(LAYERS, REPS, WARMUP, 0x5eed_0317_c057);
+        match run_mtp_cost(gpu, &opts, &mut log)
+            .and_then(|r| model::mtp_cost::write_report(&out.join("mtp-step-cost"), &r).map(|()| r))
+        {
+            Ok(report) => subs.push(SubReport {
+                title: "MTP verify-step costs and projected speedup".into(),
+                path: "mtp-step-cost/MTP-STEP-COST.md".into(),
+                summary: report
+                    .target()
+                    .map_or_else(|| "batch 1 not measured".into(), |t| t.sentence()),
+            }),
+            Err(e) => skipped.push(("dsv3 MTP step cost".into(), e.to_string())),
+        }
+        (rows, subs, skipped)
     }
 }

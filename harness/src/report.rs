@@ -203,6 +203,7 @@ pub fn markdown(report: &Report) -> String {
             "tokens/step",
             "median ms",
             "tokens/s",
+            "roofline tokens/s",
         ]);
         for e in &report.end_to_end {
             t.row(vec![
@@ -214,9 +215,25 @@ pub fn markdown(report: &Report) -> String {
                 e.tokens_per_step.to_string(),
                 format!("{:.4}", e.step.median_ms),
                 format!("{:.1}", e.tokens_per_s),
+                e.roofline_tokens_per_s
+                    .map_or("-".into(), |r| format!("{r:.1}")),
             ]);
         }
         out += &t.markdown();
+        if report
+            .end_to_end
+            .iter()
+            .any(|e| e.roofline_tokens_per_s.is_some())
+        {
+            out += "\nRoofline: the weight and KV bytes a decode step must read at the measured \
+                    copy bandwidth (the full-width report has the per-op breakdown).\n";
+        }
+    }
+    if !report.sub_reports.is_empty() {
+        out += "\n## Model benchmarks written with this run\n\n";
+        for r in &report.sub_reports {
+            out += &format!("- [{}]({}): {}\n", r.title, r.path, r.summary);
+        }
     }
     if !report.skipped.is_empty() {
         out += "\n## Not run\n\n";
@@ -328,7 +345,41 @@ fn charts(report: &Report) -> Vec<(String, BarChart)> {
             ));
         }
     }
+    if let Some(chart) = end_to_end_chart(report, &backend) {
+        out.push(("end-to-end-decode".into(), chart));
+    }
     out
+}
+
+/// Decode tokens/s per batch against the roofline (GPU runs with roofline figures only).
+fn end_to_end_chart(report: &Report, backend: &str) -> Option<BarChart> {
+    let decode: Vec<_> = report
+        .end_to_end
+        .iter()
+        .filter(|e| e.phase == "decode" && e.roofline_tokens_per_s.is_some())
+        .collect();
+    if decode.is_empty() {
+        return None;
+    }
+    Some(BarChart {
+        title: format!("dsv3 decode: tokens/s per batch vs the roofline, {backend}"),
+        x_label: "tokens/s (batch / median step time)".into(),
+        categories: decode
+            .iter()
+            .map(|e| format!("batch {} ctx {} ({})", e.batch, e.context, e.model))
+            .collect(),
+        series: vec![
+            (
+                "measured".into(),
+                decode.iter().map(|e| Some(e.tokens_per_s)).collect(),
+            ),
+            (
+                "roofline (bytes / copy bandwidth)".into(),
+                decode.iter().map(|e| e.roofline_tokens_per_s).collect(),
+            ),
+        ],
+        lines: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -426,6 +477,12 @@ mod tests {
                 tokens_per_step: 8,
                 step: kernels::stats::TimingStats::from_samples(&[2.0, 2.0, 2.0]),
                 tokens_per_s: 4000.0,
+                roofline_tokens_per_s: Some(9000.0),
+            }],
+            sub_reports: vec![crate::end_to_end::SubReport {
+                title: "MTP".into(),
+                path: "mtp-step-cost/MTP-STEP-COST.md".into(),
+                summary: "projected 1.9x".into(),
             }],
         }
     }

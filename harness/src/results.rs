@@ -134,6 +134,9 @@ pub struct Report {
     /// The model's tokens/s (absent from reports written before it existed).
     #[serde(default)]
     pub end_to_end: Vec<crate::end_to_end::EndToEnd>,
+    /// Reports written next to this one (the `dsv3` GPU benchmarks), linked from REPORT.md.
+    #[serde(default)]
+    pub sub_reports: Vec<crate::end_to_end::SubReport>,
 }
 
 impl CaseResult {

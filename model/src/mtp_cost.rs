@@ -722,7 +722,8 @@ impl TargetCheck {
         self.two_drafts.speedup >= TARGET_SPEEDUP
     }
 
-    fn sentence(&self) -> String {
+    /// The verdict in one sentence.
+    pub fn sentence(&self) -> String {
         let verdict = |met: bool| if met { "met" } else { "NOT met" };
         format!(
             "batch 1, {:.0}% acceptance: projected {:.2}x with 1 draft (target >= {TARGET_SPEEDUP}x: \

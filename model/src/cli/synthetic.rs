@@ -55,22 +55,20 @@ fn run(_args: &SyntheticArgs) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn run(args: &SyntheticArgs) -> Result<()> {
     use crate::cuda::synthetic::{run_full_width, FullWidthOptions};
-    use crate::fullwidth::{write_report, BATCHES, CONTEXT, PROMPT_LEN};
+    use crate::fullwidth::write_report;
 
     let gpu = super::backend::cli_gpu().map_err(|why| {
         ModelError::request(format!(
             "--synthetic full-width needs a CUDA device (Hopper, sm_90): {why}"
         ))
     })?;
-    let opts = FullWidthOptions {
-        layers: args.layers,
-        prompt_len: args.prompt_len.unwrap_or(PROMPT_LEN),
-        context: CONTEXT,
-        batches: args.batch.map_or_else(|| BATCHES.to_vec(), |b| vec![b]),
-        decode_reps: args.steps,
-        prefill_reps: 3,
-        seed: 0x5eed_f011_3d17_u64,
-    };
+    let mut opts = FullWidthOptions::standard(args.layers, args.steps);
+    if let Some(p) = args.prompt_len {
+        opts.prompt_len = p;
+    }
+    if let Some(b) = args.batch {
+        opts.batches = vec![b];
+    }
     let report = run_full_width(gpu, &opts, &mut |line| eprintln!("{line}"))?;
     if let Some(dir) = &args.out {
         write_report(dir, &report)?;

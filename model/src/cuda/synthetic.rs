@@ -489,6 +489,23 @@ pub struct FullWidthOptions {
     pub seed: u64,
 }
 
+impl FullWidthOptions {
+    /// The measurement on a `layers`-layer model: prefill of
+    /// [`crate::fullwidth::PROMPT_LEN`] tokens, decode at [`crate::fullwidth::BATCHES`] over
+    /// [`crate::fullwidth::CONTEXT`] cached tokens, `decode_reps` timed decode steps.
+    pub fn standard(layers: usize, decode_reps: usize) -> Self {
+        FullWidthOptions {
+            layers,
+            prompt_len: crate::fullwidth::PROMPT_LEN,
+            context: crate::fullwidth::CONTEXT,
+            batches: crate::fullwidth::BATCHES.to_vec(),
+            decode_reps,
+            prefill_reps: 3,
+            seed: 0x5eed_f011_3d17_u64,
+        }
+    }
+}
+
 /// Bytes of one layer's KV cache of `blocks` blocks.
 fn cache_layer_bytes(cfg: &ModelConfig, blocks: usize) -> u64 {
     blocks as u64 * BLOCK_SIZE as u64 * kv_entry_bytes(cfg)
@@ -708,6 +725,28 @@ pub struct MtpCostOptions {
     pub prompt_len: usize,
     /// New tokens of the short forced-acceptance run (the long one runs twice as many).
     pub new_tokens: usize,
+}
+
+impl MtpCostOptions {
+    /// The measurement: batches [`crate::mtp_cost::GPU_BATCHES`] over
+    /// [`crate::mtp_cost::GPU_CONTEXT`] cached tokens, `reps` timed calls per step kind, and the
+    /// forced-acceptance runs with a prompt of the same length and `reps` / `2 reps` new tokens.
+    pub fn standard(layers: usize, reps: usize, warmup: usize, seed: u64) -> Self {
+        let steps = StepCostOptions {
+            batches: crate::mtp_cost::GPU_BATCHES.to_vec(),
+            context: crate::mtp_cost::GPU_CONTEXT,
+            warmup,
+            reps,
+            fill: crate::mtp_cost::ContextFill::Preset,
+            seed,
+        };
+        MtpCostOptions {
+            layers,
+            prompt_len: steps.context,
+            new_tokens: reps,
+            steps,
+        }
+    }
 }
 
 /// Checks that the synthetic model with MTP and its caches fit in the device's free memory.
