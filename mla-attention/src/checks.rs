@@ -540,6 +540,27 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     if !matches!(&err, Err(Error::Shape { detail, .. }) if detail.contains("lse")) {
         failures.push(format!("wrong lse shape: {err:?}"));
     }
+    // decode() with a table wider than the one the schedule was planned for.
+    let wide: DeviceTensor<i32> = gpu.upload(
+        &vec![0i32; 2 * inp.shape.max_blocks],
+        &[1, 2 * inp.shape.max_blocks],
+    )?;
+    let mut lse: DeviceTensor<f32> = gpu.poisoned(&[1, 1, 16])?;
+    gpu::plan(gpu, &mut ws, &d.lens, inp.shape.max_blocks, &mut status)?;
+    let err = gpu::decode(
+        gpu,
+        &mut ws,
+        &d.q,
+        d.cache(),
+        &wide,
+        inp.softmax_scale,
+        &mut o,
+        &mut lse,
+        &mut status,
+    );
+    if !matches!(&err, Err(e) if e.to_string().contains("planned")) {
+        failures.push(format!("decode with a wider table than planned: {err:?}"));
+    }
     if DecodeWorkspace::new(gpu, 1, MAX_CHUNK_LEN + 1, 16).is_ok() {
         failures.push(format!("S_q = {} accepted", MAX_CHUNK_LEN + 1));
     }

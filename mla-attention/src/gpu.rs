@@ -97,6 +97,9 @@ pub struct DecodeWorkspace {
     heads: usize,
     /// CTA columns of the decode grid (schedule parts).
     parts: usize,
+    /// The block-table width of the last [`plan`]: the lengths were clamped to it, so
+    /// [`decode`] must get a table of that width.
+    planned_max_blocks: Option<usize>,
     sched: DeviceTensor<i32>,
     split_offsets: DeviceTensor<i32>,
     lens: DeviceTensor<i32>,
@@ -140,6 +143,7 @@ impl DecodeWorkspace {
             s_q,
             heads,
             parts,
+            planned_max_blocks: None,
             sched: gpu.zeros(&[parts, SCHED_INTS])?,
             split_offsets: gpu.zeros(&[batch + 1])?,
             lens: gpu.zeros(&[batch])?,
@@ -209,6 +213,7 @@ pub fn plan(
         checked_mul("max_blocks * 64", max_blocks, BLOCK_SIZE)?,
     )?;
     let parts = as_i32("parts", ws.parts)?;
+    ws.planned_max_blocks = Some(max_blocks);
     let f = gpu.function(&MLA_DECODE, "mla_decode_plan")?;
     let (seq_p, sched_p, offs_p, lens_p, st_p) = (
         cache_seqlens.device_ptr(gpu),
@@ -270,6 +275,23 @@ pub fn decode(
             ))
         }
     };
+    if ws.planned_max_blocks != Some(max_blocks) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "block_table has {max_blocks} columns but the workspace was planned for {:?} \
+                 (call plan with this table's width first)",
+                ws.planned_max_blocks
+            ),
+        ));
+    }
+    // The combine grid's y dimension is the batch (at most 65535 in CUDA).
+    if batch > 65_535 {
+        return Err(Error::invalid(
+            OP,
+            format!("batch {batch} exceeds 65535 sequences per call"),
+        ));
+    }
     o_lat.expect_shape(OP, "o_lat", &[batch, s_q, heads, KV_LORA_RANK])?;
     lse.expect_shape(OP, "lse", &[batch, s_q, heads])?;
     if !softmax_scale.is_finite() {
