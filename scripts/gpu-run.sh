@@ -3,7 +3,8 @@
 #   bash scripts/gpu-run.sh verify
 #   bash scripts/gpu-run.sh bench --out "$OUT"
 #   bash scripts/gpu-run.sh dsv3 bench --synthetic full-width --mtp-cost   # the carried dsv3
-#   bash scripts/gpu-run.sh session "$OUT"   # verify, bench --all, and the dsv3 GPU benchmarks
+#   bash scripts/gpu-run.sh session "$OUT"   # verify, then bench --all (kernels, peers, ceilings and
+#                                            # the full-width model and MTP step costs)
 #   bash scripts/gpu-run.sh sanitize "$OUT"  # compute-sanitizer memcheck + racecheck on quick suites
 #                                            # (carry .gpu-tools/ from scripts/fetch-gpu-tools.sh)
 # The binary loads libcuda and libcublas at run time. The GPU image has the driver's libcuda on
@@ -102,14 +103,9 @@ case ${1:-} in
     mkdir -p "$out"
     status=0
     "$bin" verify --json "$out/verify.json" || status=1
+    # bench --all also runs the model end to end (the full-width synthetic model and the MTP
+    # step costs) in the same process, writing their reports under $out/bench/.
     "$bin" bench --all --out "$out/bench" || status=1
-    if [[ -x $dsv3 ]]; then
-      "$dsv3" bench --synthetic full-width --layers 4 --out "$out/full-width" || status=1
-      "$dsv3" bench --synthetic full-width --layers 4 --mtp-cost --out "$out/mtp-step-cost" || status=1
-    else
-      echo "gpu-run: $dsv3 not found; skipping the dsv3 benchmarks (build with 'cargo build --release --features cuda -p model --bin dsv3' and carry it)" >&2
-      status=1
-    fi
     exit $status
     ;;
 esac
