@@ -134,9 +134,13 @@ impl DecodeWorkspace {
             return Err(Error::invalid(OP, "the schedule needs at least one part"));
         }
         let rows = s_q * heads;
-        // Every part adds at most one split beyond one per sequence.
-        let max_splits = batch + parts;
+        // Every part adds at most one split beyond one per sequence. With a single part no
+        // sequence is split (the last part takes the rest) and the partials are never written:
+        // a prefill chunk's many row tiles leave one part, so it gets no (large) partials.
+        let max_splits = if parts > 1 { batch + parts } else { 0 };
         let accum = checked_mul("the split partials", max_splits * rows, KV_LORA_RANK)?;
+        // A non-empty buffer either way, so the kernel always gets a valid, aligned pointer.
+        let (accum, lse_accum) = (accum.max(4), (max_splits * rows).max(4));
         as_i32("parts", parts)?;
         Ok(DecodeWorkspace {
             batch,
@@ -148,7 +152,7 @@ impl DecodeWorkspace {
             split_offsets: gpu.zeros(&[batch + 1])?,
             lens: gpu.zeros(&[batch])?,
             o_accum: gpu.zeros(&[accum])?,
-            lse_accum: gpu.zeros(&[max_splits * rows])?,
+            lse_accum: gpu.zeros(&[lse_accum])?,
         })
     }
 
@@ -362,7 +366,8 @@ pub fn decode(
     // kernel reads block_table[b, j] only for j < ceil(lens[b] / 64) <= max_blocks (the plan
     // clamps the lengths) and cache blocks only for ids in 0..num_blocks; o_lat / lse hold
     // batch * S_q * H rows; the workspace's partials hold (batch + parts) splits of S_q * H rows,
-    // the most the plan creates; the shared-memory size is the kernel's (it traps otherwise).
+    // the most the plan creates (none with one part: then no sequence is split); the
+    // shared-memory size is the kernel's (it traps otherwise).
     unsafe { gpu.launch(kernel, args, cfg) }?;
 
     let f = gpu.function(&MLA_DECODE, "mla_decode_combine")?;

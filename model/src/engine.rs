@@ -129,9 +129,16 @@ pub trait Backend {
     /// Runs the MTP module (spec §3.4) over new positions, writing its own KV cache, which is
     /// addressed with the main cache's block tables. `seqs[s].ids` are the next tokens
     /// `t[i+1]` of positions `i = start..`; `hidden` the input hidden state of each (see
-    /// [`CpuModel::mtp_forward`]).
-    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
-        let _ = (hidden, seqs);
+    /// [`CpuModel::mtp_forward`]). `rows` picks the MTP logits returned (a draft needs only
+    /// each sequence's last row; a long catch-up over a prompt would otherwise return
+    /// [prompt, vocab]); the output hidden states come back for every token.
+    fn mtp_forward(
+        &mut self,
+        hidden: &[f32],
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<MtpOutput> {
+        let _ = (hidden, seqs, rows);
         Err(no_mtp(&self.describe()))
     }
 }
@@ -169,7 +176,7 @@ impl CpuBackend {
 }
 
 /// The rows of `h` ([tokens, hidden]) of each sequence's last new token.
-fn last_rows(h: &[f32], seqs: &[SeqChunk], hidden: usize) -> Vec<f32> {
+pub(crate) fn last_rows(h: &[f32], seqs: &[SeqChunk], hidden: usize) -> Vec<f32> {
     let mut last = Vec::with_capacity(seqs.len() * hidden);
     let mut end = 0;
     for s in seqs {
@@ -226,9 +233,14 @@ impl Backend for CpuBackend {
         self.mtp_cache.is_some()
     }
 
-    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
+    fn mtp_forward(
+        &mut self,
+        hidden: &[f32],
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<MtpOutput> {
         match &mut self.mtp_cache {
-            Some(cache) => self.model.mtp_forward(hidden, seqs, cache),
+            Some(cache) => self.model.mtp_forward(hidden, seqs, cache, rows),
             None => Err(ModelError::request(
                 "the checkpoint has no MTP layer (num_nextn_predict_layers = 0), so MTP logits \
                  and speculative decoding are unavailable",
@@ -462,7 +474,11 @@ impl<B: Backend> Engine<B> {
                 ids: &ids[1..],
                 ..*chunk
             };
-            let mtp = backend.mtp_forward(&h[..(ids.len() - 1) * hidden], &[mtp_chunk])?;
+            let mtp = backend.mtp_forward(
+                &h[..(ids.len() - 1) * hidden],
+                &[mtp_chunk],
+                LogitRows::All,
+            )?;
             Ok((logits, mtp.logits))
         })
     }

@@ -5,8 +5,9 @@
 //! steps: for every batch size, with the KV cache of every sequence filled to `C` tokens, this
 //! times
 //!
-//! - a plain decode step (`S_q = 1`, the logits of the last row, as [`Engine::generate`] runs
-//!   it),
+//! - a plain decode step (`S_q = 1`, the next token of each sequence drawn by
+//!   [`Backend::forward_and_sample`] with greedy draws, as [`Engine::generate`] runs it: on
+//!   CUDA only the ids come back),
 //! - verify steps with `S_q = 2` and `S_q = 3` (one and two drafts; every row's logits and the
 //!   final hidden states, as `generate_speculative` runs them),
 //! - the MTP draft step (one [`Backend::mtp_forward`] of one token per sequence) when the
@@ -14,7 +15,7 @@
 //!
 //! each the median of repeated calls after warm-up, with the KV lengths rolled back (allocator
 //! truncated to `C`) after every call so the context stays `C`. Every backend call returns host
-//! data (logits), so the host clock around it measures the whole step, synchronisation and
+//! data (ids, logits), so the host clock around it measures the whole step, synchronisation and
 //! downloads included. [`project`] turns the medians into the speedup speculative decoding would
 //! reach at the acceptance rates DeepSeek reports, and [`forced_acceptance`] measures real
 //! end-to-end tokens/s at (close to) 100% acceptance with the verifier's own tokens as drafts.
@@ -31,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
 use crate::cpu::SeqChunk;
-use crate::engine::{Backend, Engine, GenerationStats, LogitRows, Request};
+use crate::engine::{Backend, Engine, GenerationStats, LogitRows, Request, TokenDraw};
 use crate::error::{ModelError, Result};
 use crate::speculative::{Drafter, SpecConfig};
 
@@ -390,7 +391,7 @@ fn prefill_context<B: Backend>(
                 ids: &ids[1..],
                 ..chunk
             };
-            backend.mtp_forward(&h, &[next])?;
+            backend.mtp_forward(&h, &[next], LogitRows::Last)?;
         } else {
             backend.forward(&[chunk], LogitRows::Last)?;
         }
@@ -459,12 +460,21 @@ fn run_step<B: Backend>(
     hidden: &[f32],
 ) -> Result<()> {
     match step {
-        Step::Decode => backend.forward(chunks, LogitRows::Last).map(drop),
+        Step::Decode => {
+            let greedy = TokenDraw {
+                params: SamplingParams::GREEDY,
+                uniform: 0.0,
+            };
+            let draws = vec![greedy; chunks.len()];
+            backend.forward_and_sample(chunks, &draws).map(drop)
+        }
         Step::Verify(_) if backend.has_mtp() => backend
             .forward_with_hidden(chunks, LogitRows::All)
             .map(drop),
         Step::Verify(_) => backend.forward(chunks, LogitRows::All).map(drop),
-        Step::Draft => backend.mtp_forward(hidden, chunks).map(drop),
+        Step::Draft => backend
+            .mtp_forward(hidden, chunks, LogitRows::Last)
+            .map(drop),
     }
 }
 

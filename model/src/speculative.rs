@@ -397,11 +397,13 @@ impl<B: Backend> Engine<B> {
                     blocks: &blocks[i],
                 })
                 .collect();
-            let out = self.backend.mtp_forward(&input_h, &chunks)?;
+            let out = self
+                .backend
+                .mtp_forward(&input_h, &chunks, LogitRows::Last)?;
             let mut end = 0;
-            for (&i, ids) in who.iter().zip(&ids_store) {
+            for (j, (&i, ids)) in who.iter().zip(&ids_store).enumerate() {
                 end += ids.len();
-                let row = &out.logits[(end - 1) * vocab..][..vocab];
+                let row = &out.logits[j * vocab..][..vocab];
                 let s = &mut active[i];
                 if k == 1 {
                     s.mtp_len = s.tokens.len() - 1;

@@ -14,7 +14,7 @@ use kernels::reference::sampling::SamplingParams;
 use mla_attention::KvCacheAllocator;
 use model::checkpoint::write_checkpoint;
 use model::cpu::{CpuModel, Precision, SeqChunk};
-use model::engine::{CpuBackend, Engine, Generation, Request, StopReason};
+use model::engine::{CpuBackend, Engine, Generation, LogitRows, Request, StopReason};
 use model::speculative::{Drafter, SpecConfig};
 use model::tiny::{generate_tensors, tiny_config, TINY_SEED};
 use model::Checkpoint;
@@ -68,7 +68,9 @@ fn mtp_logits_of_the_batched_pass_match_token_by_token() {
                 start: i - 1,
                 blocks: &blocks,
             };
-            let out = model.mtp_forward(&h, &[chunk], &mut mtp_cache).unwrap();
+            let out = model
+                .mtp_forward(&h, &[chunk], &mut mtp_cache, LogitRows::All)
+                .unwrap();
             assert_eq!(out.hidden.len(), hidden);
             inc.extend(out.logits);
         }
@@ -88,6 +90,43 @@ fn mtp_logits_of_the_batched_pass_match_token_by_token() {
         );
         assert!(r < 1e-5, "row {i}: relative error {r}");
     }
+}
+
+#[test]
+fn mtp_last_rows_are_the_last_rows_of_all() {
+    let model = tiny_model(Precision::Fp8);
+    let (vocab, hidden) = (model.config().vocab_size, model.config().hidden_size);
+    let (a, b) = (prompt(70, 4), prompt(5, 5));
+    let (ta, tb) = ([0u32, 1], [2u32]);
+    let seqs = [
+        SeqChunk {
+            ids: &a,
+            start: 0,
+            blocks: &ta,
+        },
+        SeqChunk {
+            ids: &b,
+            start: 0,
+            blocks: &tb,
+        },
+    ];
+    let h = model
+        .forward_hidden(&seqs, &mut model.new_cache(3).unwrap())
+        .unwrap();
+    let run = |rows| {
+        let mut mtp_cache = model.new_mtp_cache(3).unwrap();
+        model.mtp_forward(&h, &seqs, &mut mtp_cache, rows).unwrap()
+    };
+    let (all, last) = (run(LogitRows::All), run(LogitRows::Last));
+    assert_eq!(all.logits.len(), 75 * vocab);
+    assert_eq!(last.logits.len(), 2 * vocab);
+    assert_eq!(
+        last.hidden, all.hidden,
+        "hidden states come back for every token"
+    );
+    assert_eq!(all.hidden.len(), 75 * hidden);
+    assert_eq!(last.logits[..vocab], all.logits[69 * vocab..70 * vocab]);
+    assert_eq!(last.logits[vocab..], all.logits[74 * vocab..]);
 }
 
 #[test]

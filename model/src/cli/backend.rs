@@ -69,7 +69,12 @@ impl Backend for AnyBackend {
         each!(self, b => b.has_mtp())
     }
 
-    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
-        each!(self, b => b.mtp_forward(hidden, seqs))
+    fn mtp_forward(
+        &mut self,
+        hidden: &[f32],
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<MtpOutput> {
+        each!(self, b => b.mtp_forward(hidden, seqs, rows))
     }
 }

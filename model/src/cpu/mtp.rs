@@ -15,6 +15,7 @@
 //! sequence's block table: MTP entry `i` lives where main entry `i` does, in a one-layer
 //! [`CpuKvCache`] of the same block count.
 
+use crate::engine::LogitRows;
 use crate::error::{ModelError, Result};
 
 use super::{CpuKvCache, CpuModel, MtpWeights, SeqChunk};
@@ -25,7 +26,8 @@ pub struct MtpOutput {
     /// The MTP layer's output `u` ([tokens, hidden], before `shared_head.norm`). A chained draft
     /// feeds it back as the next step's "hidden state", as vLLM's DeepSeek MTP drafter does.
     pub hidden: Vec<f32>,
-    /// `logits_mtp` ([tokens, vocab]).
+    /// `logits_mtp` of the rows asked for: [tokens, vocab] ([`LogitRows::All`]) or one row per
+    /// sequence, its last new token ([`LogitRows::Last`]; a draft needs no more).
     pub logits: Vec<f32>,
 }
 
@@ -57,6 +59,7 @@ impl CpuModel {
         hidden: &[f32],
         seqs: &[SeqChunk],
         cache: &mut CpuKvCache,
+        rows: LogitRows,
     ) -> Result<MtpOutput> {
         let mtp = self.mtp_module()?;
         let d = self.config().hidden_size;
@@ -87,7 +90,11 @@ impl CpuModel {
         ctx.store(&mut x);
         mtp.layer
             .forward(&ctx, &mut x, seqs, &mut cache.layers[0])?;
-        let logits = mtp.head.forward(&ctx.norm(&x, &mtp.head_norm)?)?;
+        let head_in = match rows {
+            LogitRows::All => x.clone(),
+            LogitRows::Last => crate::engine::last_rows(&x, seqs, d),
+        };
+        let logits = mtp.head.forward(&ctx.norm(&head_in, &mtp.head_norm)?)?;
         Ok(MtpOutput { hidden: x, logits })
     }
 }

@@ -159,21 +159,11 @@ impl CudaModel {
         rows: LogitRows,
         status: &mut DeviceStatus,
     ) -> Result<DeviceTensor<f32>> {
-        let hidden = self.cfg.hidden_size;
         let picked;
         let h = match rows {
             LogitRows::All => h,
             LogitRows::Last => {
-                let mut last = Vec::with_capacity(seqs.len());
-                let mut end = 0;
-                for s in seqs {
-                    end += s.ids.len();
-                    last.push((end - 1) as i32);
-                }
-                let idx = upload(gpu, &last, &[last.len()], "last-row indices")?;
-                let mut out = zeros(gpu, &[last.len(), hidden], "last hidden rows")?;
-                copy_rows(gpu, h, Some(&idx), &mut out, None, hidden, status)?;
-                picked = out;
+                picked = last_rows(gpu, h, seqs, status)?;
                 &picked
             }
         };
@@ -181,4 +171,24 @@ impl CudaModel {
         gate_logits(gpu, h, &self.lm_head, &mut z)?;
         Ok(z)
     }
+}
+
+/// The rows of `h` ([tokens, width]) of each sequence's last new token, gathered on the device.
+pub fn last_rows(
+    gpu: &Gpu,
+    h: &DeviceTensor<bf16>,
+    seqs: &[SeqChunk],
+    status: &mut DeviceStatus,
+) -> Result<DeviceTensor<bf16>> {
+    let width = h.shape()[1];
+    let mut last = Vec::with_capacity(seqs.len());
+    let mut end = 0;
+    for s in seqs {
+        end += s.ids.len();
+        last.push((end - 1) as i32);
+    }
+    let idx = upload(gpu, &last, &[last.len()], "last-row indices")?;
+    let mut out = zeros(gpu, &[last.len(), width], "last hidden rows")?;
+    copy_rows(gpu, h, Some(&idx), &mut out, None, width, status)?;
+    Ok(out)
 }

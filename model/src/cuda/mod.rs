@@ -334,7 +334,12 @@ impl Backend for CudaBackend<'_> {
         self.mtp_cache.is_some()
     }
 
-    fn mtp_forward(&mut self, hidden: &[f32], seqs: &[SeqChunk]) -> Result<MtpOutput> {
+    fn mtp_forward(
+        &mut self,
+        hidden: &[f32],
+        seqs: &[SeqChunk],
+        rows: LogitRows,
+    ) -> Result<MtpOutput> {
         self.check(seqs)?;
         let gpu = self.gpu;
         let Some(mtp_cache) = self.mtp_cache.as_mut() else {
@@ -351,6 +356,6 @@ impl Backend for CudaBackend<'_> {
             marks: None,
         };
         self.model
-            .mtp_forward(gpu, hidden, seqs, mtp_cache, &mut state)
+            .mtp_forward(gpu, hidden, seqs, mtp_cache, &mut state, rows)
     }
 }

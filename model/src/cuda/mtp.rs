@@ -25,10 +25,11 @@ use moe_dispatch::gpu::routing::gate_logits;
 
 use crate::checkpoint::{Checkpoint, LinearWeight};
 use crate::cpu::{MtpOutput, SeqChunk};
+use crate::engine::LogitRows;
 use crate::error::{ModelError, Result};
 
 use super::attention::{linear, AttnCtx, CallPlan};
-use super::forward::{add_norm, decoder_layer, CallState};
+use super::forward::{add_norm, decoder_layer, last_rows, CallState};
 use super::glue::copy_rows;
 use super::weights::{bf16_matrix, bf16_vector, upload, zeros, Fp8Linear, GpuLayer};
 use super::CudaModel;
@@ -103,6 +104,7 @@ impl CudaModel {
         seqs: &[SeqChunk],
         mtp_cache: &mut DeviceTensor<bf16>,
         state: &mut CallState,
+        rows: LogitRows,
     ) -> Result<MtpOutput> {
         let mtp = self.mtp.as_ref().ok_or_else(|| {
             ModelError::request(
@@ -178,8 +180,16 @@ impl CudaModel {
             None,
         )?;
         add_norm(gpu, &mut x, Some(&out), &mtp.head_norm, eps, &mut h)?;
-        let mut logits = zeros(gpu, &[tokens, cfg.vocab_size], "MTP logits")?;
-        gate_logits(gpu, &h, &mtp.head, &mut logits)?;
+        let picked;
+        let head_in = match rows {
+            LogitRows::All => &h,
+            LogitRows::Last => {
+                picked = last_rows(gpu, &h, seqs, state.status)?;
+                &picked
+            }
+        };
+        let mut logits = zeros(gpu, &[head_in.shape()[0], cfg.vocab_size], "MTP logits")?;
+        gate_logits(gpu, head_in, &mtp.head, &mut logits)?;
         state.status.check(gpu, "cuda MTP forward")?;
         Ok(MtpOutput {
             hidden: gpu.download(&x)?.iter().map(|v| v.to_f32()).collect(),
