@@ -12,7 +12,8 @@
 //    one CTA column of the decode grid, so ragged lengths are balanced over the SMs. A sequence
 //    cut over several parts gets one split per part; split_offsets[b] .. split_offsets[b + 1]
 //    number its splits. Lengths outside [S_q, max_blocks * 64] record kStatusMlaOutOfRange and are
-//    clamped into [0, max_blocks * 64] (so no table entry past the row is ever read).
+//    clamped into [0, max_blocks * 64] (so no table entry past the row is ever read); a sequence
+//    left with no token gets o = 0, lse = -inf.
 //
 // 2. mla_decode_bf16 / mla_decode_fp8: grid (row_tiles, num_parts), 256 threads = 2 warpgroups,
 //    1 CTA / SM. The S_q * H query rows of a sequence (row = i * H + h, contiguous in q) are the M
@@ -285,7 +286,21 @@ __device__ __forceinline__ void decode_body(
     const int n_blocks = ceil_div(len, kBlockSize);
     const int lo = (b == sc.begin_b) ? sc.begin_block : 0;
     const int hi = (b == sc.end_b) ? sc.end_block : n_blocks;
-    if (lo >= hi) continue;
+    if (lo >= hi) {
+      // An empty sequence (a length <= 0, already reported by the plan) has no KV block and so
+      // no split that writes it: give its rows the empty-softmax result (o = 0, lse = -inf)
+      // rather than leave them unwritten. Only its one part sees it with n_blocks == 0.
+      if (n_blocks == 0) {
+        for (int idx = tid; idx < kRowsPerTile * (kVDim / 2); idx += kThreads) {
+          const int row = blockIdx.x * kRowsPerTile + idx / (kVDim / 2);
+          if (row >= m_rows) continue;
+          const long long out_row = static_cast<long long>(b) * m_rows + row;
+          reinterpret_cast<uint32_t*>(o_lat + out_row * kVDim)[idx % (kVDim / 2)] = 0u;
+          if (idx % (kVDim / 2) == 0) lse[out_row] = -INFINITY;
+        }
+      }
+      continue;
+    }
     const int split = (b == sc.begin_b) ? sc.begin_split : 0;
     const int num_splits = split_offsets[b + 1] - split_offsets[b];
     const int* table_row = block_table + static_cast<long long>(b) * max_blocks;

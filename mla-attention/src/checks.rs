@@ -518,6 +518,18 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
             failures.push("cache_seqlens past max_blocks * 64: not reported".into());
         }
     }
+    {
+        // An empty (or negative) length: reported, and its rows get o = 0 rather than being
+        // left unwritten (they would keep the NaN poison).
+        let mut inp = DecodeInputs::random(rng, &[100, 64], 1, 16, false, 0);
+        inp.cache_seqlens[1] = 0;
+        let (flagged, finite) = run_bad(gpu, &inp)?;
+        if !flagged || !finite {
+            failures.push(format!(
+                "cache_seqlens 0: reported {flagged}, outputs finite {finite}"
+            ));
+        }
+    }
     // Host-side shape checks name the argument.
     let inp = DecodeInputs::random(rng, &[10], 1, 16, false, 0);
     let d = upload(gpu, &inp, None)?;
