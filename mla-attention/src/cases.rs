@@ -243,7 +243,7 @@ pub use gpu_cases::{gpu_runner, peer_gpu_runner, peer_run, PeerRun};
 #[cfg(feature = "cuda")]
 mod gpu_cases {
     use super::*;
-    use crate::gpu::{paged_decode_any, DecodeWorkspace, PagedCache};
+    use crate::gpu::{paged_decode_any, DecodeWorkspace, DeviceCache};
     use crate::peer::{self, PeerCall};
     use kernels::gpu::{DeviceStatus, DeviceTensor, Gpu};
     use kernels::{Error, Result};
@@ -258,13 +258,11 @@ mod gpu_cases {
         let inp = case.inputs(rng);
         let s = inp.shape;
         let q = gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?;
-        let cache = gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?;
-        let cache_fp8 = if case.fp8_cache {
-            let bytes = encode_cache(&inp.cache)?;
-            Some(gpu.upload(&bytes, &[s.num_blocks, BLOCK_SIZE, FP8_ENTRY_BYTES])?)
-        } else {
-            None
-        };
+        let fp8_bytes = case
+            .fp8_cache
+            .then(|| encode_cache(&inp.cache))
+            .transpose()?;
+        let cache = DeviceCache::upload(gpu, s.num_blocks, &inp.cache, fp8_bytes.as_deref())?;
         let table = gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?;
         let lens = gpu.upload(&inp.cache_seqlens, &[s.batch])?;
         let mut ws = DecodeWorkspace::new(gpu, s.batch, s.q_len, inp.heads)?;
@@ -273,11 +271,8 @@ mod gpu_cases {
         let mut status = DeviceStatus::new(gpu)?;
         let scale = inp.softmax_scale;
         Ok(Box::new(move || {
-            let kv = match &cache_fp8 {
-                Some(bytes) => PagedCache::Fp8(bytes),
-                None => PagedCache::Bf16(&cache),
-            };
             let tables = (&table, &lens, scale);
+            let kv = cache.view();
             paged_decode_any(gpu, &mut ws, &q, kv, tables, &mut o, &mut lse, &mut status)
         }))
     }

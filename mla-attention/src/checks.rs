@@ -24,10 +24,10 @@ use kernels::rng::Rng;
 use kernels::{Error, Result};
 
 use crate::cases::DecodeInputs;
-use crate::gpu::{self, DecodeWorkspace, PagedCache};
+use crate::gpu::{self, DecodeWorkspace, DeviceCache};
 use crate::reference::{
-    decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM,
-    KV_LORA_RANK, MAX_CHUNK_LEN,
+    decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK,
+    MAX_CHUNK_LEN,
 };
 
 const KERNEL: &str = "mla_decode_bf16";
@@ -103,31 +103,16 @@ impl DecodeCheck {
 /// runs the FP8-cache kernel.
 struct Uploaded {
     q: DeviceTensor<bf16>,
-    cache: DeviceTensor<bf16>,
-    cache_fp8: Option<DeviceTensor<u8>>,
+    cache: DeviceCache,
     table: DeviceTensor<i32>,
     lens: DeviceTensor<i32>,
 }
 
-impl Uploaded {
-    fn cache(&self) -> PagedCache<'_> {
-        match &self.cache_fp8 {
-            Some(bytes) => PagedCache::Fp8(bytes),
-            None => PagedCache::Bf16(&self.cache),
-        }
-    }
-}
-
 fn upload(gpu: &Gpu, inp: &DecodeInputs, fp8_bytes: Option<&[u8]>) -> Result<Uploaded> {
     let s = inp.shape;
-    let cache_fp8 = match fp8_bytes {
-        Some(b) => Some(gpu.upload(b, &[s.num_blocks, BLOCK_SIZE, FP8_ENTRY_BYTES])?),
-        None => None,
-    };
     Ok(Uploaded {
         q: gpu.upload(&inp.q, &[s.batch, s.q_len, inp.heads, KV_DIM])?,
-        cache: gpu.upload(&inp.cache, &[s.num_blocks, BLOCK_SIZE, KV_DIM])?,
-        cache_fp8,
+        cache: DeviceCache::upload(gpu, s.num_blocks, &inp.cache, fp8_bytes)?,
         table: gpu.upload(&inp.block_table, &[s.batch, s.max_blocks])?,
         lens: gpu.upload(&inp.cache_seqlens, &[s.batch])?,
     })
@@ -151,7 +136,7 @@ fn launch(
         gpu,
         ws,
         &d.q,
-        d.cache(),
+        d.cache.view(),
         tables,
         &mut o,
         &mut lse,
@@ -537,14 +522,13 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     let mut status = DeviceStatus::new(gpu)?;
     let mut o: DeviceTensor<bf16> = gpu.poisoned(&[1, 1, 16, KV_LORA_RANK])?;
     let mut lse: DeviceTensor<f32> = gpu.poisoned(&[1, 1, 8])?;
-    let err = gpu::paged_decode(
+    let tables = (&d.table, &d.lens, inp.softmax_scale);
+    let err = gpu::paged_decode_any(
         gpu,
         &mut ws,
         &d.q,
-        &d.cache,
-        &d.table,
-        &d.lens,
-        inp.softmax_scale,
+        d.cache.view(),
+        tables,
         &mut o,
         &mut lse,
         &mut status,
@@ -563,7 +547,7 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
         gpu,
         &mut ws,
         &d.q,
-        d.cache(),
+        d.cache.view(),
         &wide,
         inp.softmax_scale,
         &mut o,

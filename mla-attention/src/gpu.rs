@@ -53,6 +53,37 @@ pub enum PagedCache<'a> {
     Fp8(&'a DeviceTensor<u8>),
 }
 
+/// An owned paged cache on the device, either layout; [`DeviceCache::view`] is what the decode
+/// calls take.
+#[derive(Debug)]
+pub enum DeviceCache {
+    Bf16(DeviceTensor<bf16>),
+    Fp8(DeviceTensor<u8>),
+}
+
+impl DeviceCache {
+    /// Uploads `num_blocks` blocks: the 656-byte FP8 entries `fp8_bytes` when given, else the
+    /// BF16 entries `bf16_entries` (only the layout the kernel will read goes to the device).
+    pub fn upload(
+        gpu: &Gpu,
+        num_blocks: usize,
+        bf16_entries: &[bf16],
+        fp8_bytes: Option<&[u8]>,
+    ) -> Result<Self> {
+        Ok(match fp8_bytes {
+            Some(b) => DeviceCache::Fp8(gpu.upload(b, &[num_blocks, BLOCK_SIZE, FP8_ENTRY_BYTES])?),
+            None => DeviceCache::Bf16(gpu.upload(bf16_entries, &[num_blocks, BLOCK_SIZE, KV_DIM])?),
+        })
+    }
+
+    pub fn view(&self) -> PagedCache<'_> {
+        match self {
+            DeviceCache::Bf16(t) => PagedCache::Bf16(t),
+            DeviceCache::Fp8(t) => PagedCache::Fp8(t),
+        }
+    }
+}
+
 impl PagedCache<'_> {
     /// Blocks in the cache, after checking its shape.
     fn num_blocks(&self) -> Result<usize> {
