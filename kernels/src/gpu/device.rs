@@ -129,14 +129,12 @@ impl Gpu {
         &self.stream
     }
 
-    /// Free and total device memory in bytes. Synchronizes first: buffers are freed
-    /// stream-ordered (`cuMemFreeAsync`), and the memory pool keeps freed memory reserved, counted
-    /// as used by `cuMemGetInfo`, until a synchronization releases it.
+    /// Free and total device memory in bytes. Synchronizes the stream first: buffers are freed
+    /// stream-ordered (`cuMemFreeAsync`, all on this stream), and the memory pool keeps freed
+    /// memory reserved, counted as used by `cuMemGetInfo`, until a synchronization point
+    /// releases it.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.synchronize()?;
-        self.ctx
-            .synchronize()
-            .map_err(cuda_err("synchronizing the context before cuMemGetInfo"))?;
         self.ctx.mem_get_info().map_err(cuda_err("cuMemGetInfo"))
     }
 
