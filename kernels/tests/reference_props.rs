@@ -1,5 +1,5 @@
 //! Properties of the plain-Rust references (`kernels::reference`) against independent f64
-//! implementations of the spec (`shared/spec/deepseek-v3.md` §3, §3.2, §4) written here, plus
+//! implementations of the spec (`docs/spec.md` §3, §3.2, §4) written here, plus
 //! their argument checking (bad shapes and values are errors, never panics).
 //!
 //! Inputs are fresh every run: proptest draws shapes and a seed for `kernels::rng::Rng`.

@@ -11,7 +11,7 @@
 //!   and `harness verify`) and [`peer`] (the naive peer `harness bench` times next to it: a
 //!   paged-KV gather, cuBLAS strided-batched GEMMs and a softmax kernel, `cuda/mla_naive.cu`).
 //!
-//! The contract is `shared/spec/deepseek-v3.md`; `reference` is the spec in plain Rust and every
+//! The contract is `docs/spec.md`; `reference` is the spec in plain Rust and every
 //! kernel of this crate is tested against it.
 
 pub mod cache;

@@ -1,7 +1,7 @@
 //! Full DeepSeek-V3 inference from Hugging Face checkpoints: loading, CPU and CUDA backends,
 //! the generation engine and the `dsv3` CLI.
 //!
-//! The contract is `shared/spec/deepseek-v3.md`; `reference` is the spec in plain Rust and every
+//! The contract is `docs/spec.md`; `reference` is the spec in plain Rust and every
 //! kernel of this crate is tested against it.
 //!
 //! Loading layer:

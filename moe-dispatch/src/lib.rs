@@ -8,7 +8,7 @@
 //! - With the `cuda` feature: [`gpu`] (launch wrappers of `cuda/*.cu`) and [`checks`]
 //!   (kernel-vs-reference checks for the tests and `harness verify`).
 //!
-//! The contract is `shared/spec/deepseek-v3.md`; every kernel of this crate is tested against
+//! The contract is `docs/spec.md`; every kernel of this crate is tested against
 //! `reference`.
 
 pub mod cases;

@@ -1,6 +1,6 @@
 //! Multi-token prediction (spec §3.4) and lossless speculative decoding.
 //!
-//! The contract is `shared/spec/deepseek-v3.md`. This crate holds the backend-independent part
+//! The contract is `docs/spec.md`. This crate holds the backend-independent part
 //! of speculative decoding as plain functions: the distributions a sampler draws from
 //! ([`distribution`]), draft acceptance ([`acceptance`]: greedy and rejection sampling), the
 //! uniform streams that make sampled runs reproducible ([`uniforms`]) and the run's counters

@@ -1,4 +1,4 @@
-//! Plain-Rust references of the shared ops: the spec (`shared/spec/deepseek-v3.md`) written
+//! Plain-Rust references of the shared ops: the spec (`docs/spec.md`) written
 //! literally, f32 arithmetic, one rounding per stored value. Every CUDA kernel in `ops` is checked
 //! against these, and the model's CPU backend is built from them.
 

@@ -1,4 +1,4 @@
-//! The FP8 form of a cache entry (spec §5): 656 bytes per token per layer instead of 1152.
+//! The FP8 form of a cache entry (spec §6.2): 656 bytes per token per layer instead of 1152.
 //!
 //! # Byte layout of one entry (little-endian)
 //!

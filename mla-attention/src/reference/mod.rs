@@ -1,4 +1,4 @@
-//! Reference (plain Rust, the spec written literally) of MLA attention, spec §3.1 and §5.
+//! Reference (plain Rust, the spec written literally) of MLA attention, spec §3.1 and §6.
 //!
 //! - [`naive`]: the naive form, K and V expanded per head from the latent through `kv_b_proj`.
 //! - [`absorbed`]: the absorbed form: query absorption, decode attention over a contiguous cache

@@ -1,4 +1,4 @@
-//! The paged-cache contract of the MLA decode kernel (spec §3.1, §5), and the KV append.
+//! The paged-cache contract of the MLA decode kernel (spec §3.1, §6), and the KV append.
 //!
 //! # Layouts
 //!
