@@ -163,6 +163,8 @@ pub fn matmul_nt(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::quantize_fp8_blocks;
+    use kernels::reference::fp8_quant::block_scale;
 
     #[test]
     fn matmul_matches_the_definition() {
@@ -176,5 +178,47 @@ mod tests {
                 assert!((y[r * n + c] - want).abs() < 1e-5);
             }
         }
+    }
+
+    /// With `ue8m0` the activations are quantized with power-of-two scales (DeepSeek-V3.1's
+    /// `act_quant` with `scale_fmt` set): the output is exactly the GEMM of those, and differs
+    /// from the plain-scale output while staying close to it.
+    #[test]
+    fn ue8m0_rounds_activation_scales_up_to_powers_of_two() {
+        let (rows, n, k) = (3, 16, 256);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin() * 0.05).collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| (i as f32 * 0.11).cos() * 3.0)
+            .collect();
+        let fp8 = quantize_fp8_blocks(&w, n, k);
+        let layer = |ue8m0| {
+            Linear::new("w", LinearWeight::Fp8(fp8.clone()), Precision::Fp8, ue8m0).unwrap()
+        };
+        let (plain, pow2) = (layer(false), layer(true));
+        let a = quantize_fp8(&x, k, true, ScaleLayout::TokenMajor).unwrap();
+        assert!(a.scales.iter().all(|s| s.log2().fract() == 0.0));
+        let plain_scales = quantize_fp8(&x, k, false, ScaleLayout::TokenMajor)
+            .unwrap()
+            .scales;
+        for (&p2, &s) in a.scales.iter().zip(&plain_scales) {
+            assert!(p2 >= s && p2 < 2.0 * s && p2 == block_scale(s * 448.0, true));
+        }
+        assert_ne!(a.scales, plain_scales);
+        let Linear::Fp8 { w: weights, .. } = &pow2 else {
+            panic!("an FP8 layer")
+        };
+        let want: Vec<f32> = gemm_nt_f32(&a, weights)
+            .unwrap()
+            .into_iter()
+            .map(round_bf16)
+            .collect();
+        let (y_plain, y_pow2) = (plain.forward(&x).unwrap(), pow2.forward(&x).unwrap());
+        assert_eq!(y_pow2, want);
+        assert_ne!(y_pow2, y_plain);
+        let exact = matmul_nt(&x, &fp8.dequantize(), rows, n, k);
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        let err = norm(&mut y_pow2.iter().zip(&exact).map(|(a, b)| a - b));
+        let rel = err / norm(&mut exact.iter().copied());
+        assert!(rel < 0.1, "relative error {rel}");
     }
 }
