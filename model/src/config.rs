@@ -1,5 +1,5 @@
-//! `config.json` of a DeepSeek-V3 (or DeepSeek-V2) checkpoint: parsing, validation and the
-//! derived sizes (spec §1).
+//! `config.json` of a DeepSeek-V3-architecture checkpoint (DeepSeek-V3, R1, V3.1, Kimi-K2,
+//! Moonlight) or a DeepSeek-V2 one: parsing, validation and the derived sizes (spec §1).
 //!
 //! # Parsing
 //!
@@ -16,7 +16,7 @@
 //!
 //! # Defaults (absent or `null` keys)
 //!
-//! | key | deepseek_v3 | deepseek_v2 | source |
+//! | key | deepseek_v3, kimi_k2 | deepseek_v2 | source |
 //! |---|---|---|---|
 //! | vocab_size | 129280 | 102400 | config class defaults (`DeepseekV3Config` / `DeepseekV2Config`) |
 //! | hidden_size | 7168 | 4096 | " |
@@ -43,9 +43,14 @@
 //! | rope_scaling.mscale, mscale_all_dim | 1, 0 | same | DeepSeek's YaRN rotary embedding |
 //! | rope_scaling.original_max_position_embeddings | max_position_embeddings | same | transformers' YaRN |
 //! | quantization_config.fmt, weight_block_size, activation_scheme | e4m3, `[128, 128]`, dynamic | same | transformers' FP8 config; the only supported values |
+//! | quantization_config.scale_fmt | null (f32 scales) | same | `"ue8m0"` (DeepSeek-V3.1): power-of-two scales, see [`ScaleFmt`] |
+//! | torch_dtype / dtype | any of bfloat16, float16, float32 | same | only describes the saved tensors; each tensor's own dtype is read |
+//! | architectures | `[DeepseekV3ForCausalLM]` | `[DeepseekV2ForCausalLM]` | checked when present |
 //!
 //! `rope_scaling.factor` has no default (a YaRN block without it is an error), and neither has
-//! `model_type` (it selects the column above).
+//! `model_type` (it selects the column above). `kimi_k2` (Kimi-K2) is the DeepSeek-V3
+//! architecture under its own name: its `auto_map` points at DeepSeek's `DeepseekV3Config`, so it
+//! takes the deepseek_v3 defaults.
 
 use std::path::Path;
 
@@ -59,8 +64,12 @@ pub const FP8_WEIGHT_BLOCK: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelType {
+    /// DeepSeek-V3, R1, V3.1 and Moonlight.
     DeepseekV3,
     DeepseekV2,
+    /// Kimi-K2: the DeepSeek-V3 architecture (`architectures: ["DeepseekV3ForCausalLM"]`, config
+    /// class `DeepseekV3Config` through `auto_map`) under its own `model_type`.
+    KimiK2,
 }
 
 impl ModelType {
@@ -68,15 +77,43 @@ impl ModelType {
         match self {
             ModelType::DeepseekV3 => "deepseek_v3",
             ModelType::DeepseekV2 => "deepseek_v2",
+            ModelType::KimiK2 => "kimi_k2",
         }
     }
 
     pub const fn architecture(self) -> &'static str {
         match self {
-            ModelType::DeepseekV3 => "DeepseekV3ForCausalLM",
+            ModelType::DeepseekV3 | ModelType::KimiK2 => "DeepseekV3ForCausalLM",
             ModelType::DeepseekV2 => "DeepseekV2ForCausalLM",
         }
     }
+
+    fn from_config(s: &str) -> Option<Self> {
+        [
+            ModelType::DeepseekV3,
+            ModelType::DeepseekV2,
+            ModelType::KimiK2,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// The `dtype` / `torch_dtype` values a checkpoint may announce. The value only describes how the
+/// non-FP8 tensors were saved; the loader reads each tensor's own dtype (F32, F16 or BF16) and
+/// converts, so all three are accepted.
+pub const SUPPORTED_DTYPES: [&str; 3] = ["bfloat16", "float16", "float32"];
+
+/// How FP8 scales are formed (`quantization_config.scale_fmt`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ScaleFmt {
+    /// Any positive f32 scale (DeepSeek-V3, R1, Kimi-K2): `scale_fmt` absent or null.
+    #[default]
+    Float,
+    /// Powers of two (`"ue8m0"`, DeepSeek-V3.1): weight scales must be powers of two, and
+    /// activation scales are rounded up to one (DeepSeek-V3.1's `act_quant` with `scale_fmt`
+    /// set).
+    Ue8m0,
 }
 
 /// How router logits become expert scores (spec §3.3).
@@ -128,13 +165,22 @@ impl TopkMethod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fp8Quantization {
     pub weight_block_size: [usize; 2],
+    pub scale_fmt: ScaleFmt,
 }
 
 impl Default for Fp8Quantization {
     fn default() -> Self {
         Fp8Quantization {
             weight_block_size: [FP8_WEIGHT_BLOCK, FP8_WEIGHT_BLOCK],
+            scale_fmt: ScaleFmt::Float,
         }
+    }
+}
+
+impl Fp8Quantization {
+    /// Whether scales are powers of two (weights checked, activations rounded up).
+    pub fn ue8m0(&self) -> bool {
+        self.scale_fmt == ScaleFmt::Ue8m0
     }
 }
 
@@ -225,7 +271,8 @@ struct Defaults {
 impl ModelType {
     fn defaults(self) -> Defaults {
         match self {
-            ModelType::DeepseekV3 => Defaults {
+            // Kimi-K2's config class is DeepSeek's DeepseekV3Config (via auto_map).
+            ModelType::DeepseekV3 | ModelType::KimiK2 => Defaults {
                 vocab_size: 129_280,
                 hidden_size: 7168,
                 intermediate_size: 18_432,
@@ -608,9 +655,65 @@ fn parse_quantization(k: &Keys<'_>) -> Result<Option<Fp8Quantization>> {
             }
         }
     };
+    let scale_fmt = match q.str("scale_fmt")? {
+        None => ScaleFmt::Float,
+        Some("ue8m0") => ScaleFmt::Ue8m0,
+        Some(other) => {
+            return Err(q.err(
+                "scale_fmt",
+                format!("\"{other}\" is not supported (only \"ue8m0\", or null for f32 scales)"),
+            ))
+        }
+    };
     Ok(Some(Fp8Quantization {
         weight_block_size: block,
+        scale_fmt,
     }))
+}
+
+/// `architectures`, when given, must name the causal-LM class of `model_type` (a classification
+/// head or another model family computes something else).
+fn check_architectures(k: &Keys<'_>, model_type: ModelType) -> Result<()> {
+    let Some(v) = k.value("architectures") else {
+        return Ok(());
+    };
+    let want = model_type.architecture();
+    let names: Option<Vec<&str>> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect());
+    match names {
+        Some(names) if names.is_empty() || names.contains(&want) => Ok(()),
+        _ => Err(k.err(
+            "architectures",
+            format!(
+                "{v} is not supported for model_type \"{}\" (expected [\"{want}\"])",
+                model_type.as_str()
+            ),
+        )),
+    }
+}
+
+/// `torch_dtype` (transformers 4) and `dtype` (transformers 5): any of [`SUPPORTED_DTYPES`], and
+/// the same value when both are present.
+fn check_dtype(k: &Keys<'_>) -> Result<()> {
+    let torch_dtype = k.str("torch_dtype")?;
+    let dtype = k.str("dtype")?;
+    if let (Some(a), Some(b)) = (torch_dtype, dtype) {
+        if a != b {
+            return Err(k.err("dtype", format!("\"{b}\" contradicts torch_dtype \"{a}\"")));
+        }
+    }
+    for (key, value) in [("torch_dtype", torch_dtype), ("dtype", dtype)] {
+        if let Some(v) = value {
+            if !SUPPORTED_DTYPES.contains(&v) {
+                return Err(k.err(
+                    key,
+                    format!("\"{v}\" is not supported (bfloat16, float16 or float32)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_eos(k: &Keys<'_>, default: u32) -> Result<Vec<u32>> {
@@ -659,21 +762,20 @@ impl ModelConfig {
         })?;
         let k = Keys::new(map, "");
         let model_type = match k.str("model_type")? {
-            Some("deepseek_v3") => ModelType::DeepseekV3,
-            Some("deepseek_v2") => ModelType::DeepseekV2,
-            Some(other) => {
-                return Err(k.err(
+            Some(s) => ModelType::from_config(s).ok_or_else(|| {
+                k.err(
                     "model_type",
-                    format!("\"{other}\" is not supported (deepseek_v3 or deepseek_v2)"),
-                ))
-            }
+                    format!("\"{s}\" is not supported (deepseek_v3, deepseek_v2 or kimi_k2)"),
+                )
+            })?,
             None => {
                 return Err(k.err(
                     "model_type",
-                    "missing (expected \"deepseek_v3\" or \"deepseek_v2\")",
+                    "missing (expected \"deepseek_v3\", \"deepseek_v2\" or \"kimi_k2\")",
                 ))
             }
         };
+        check_architectures(&k, model_type)?;
         let d = model_type.defaults();
 
         // Unsupported architecture variants.
@@ -681,15 +783,7 @@ impl ModelConfig {
         k.only_bool("attention_bias", false)?;
         k.only_bool("tie_word_embeddings", false)?;
         k.only_bool("rope_interleave", true)?;
-        let torch_dtype = k.str("torch_dtype")?;
-        let dtype = k.str("dtype")?;
-        if let (Some(a), Some(b)) = (torch_dtype, dtype) {
-            if a != b {
-                return Err(k.err("dtype", format!("\"{b}\" contradicts torch_dtype \"{a}\"")));
-            }
-        }
-        k.only_str("torch_dtype", "bfloat16")?;
-        k.only_str("dtype", "bfloat16")?;
+        check_dtype(&k)?;
 
         let scoring_func = match k.str("scoring_func")? {
             None => d.scoring_func,
@@ -1079,6 +1173,9 @@ impl ModelConfig {
                 "activation_scheme": "dynamic",
                 "weight_block_size": q.weight_block_size,
             });
+            if q.ue8m0() {
+                v["quantization_config"]["scale_fmt"] = json!("ue8m0");
+            }
         }
         v
     }
@@ -1343,8 +1440,17 @@ mod tests {
         v["tie_word_embeddings"] = json!(true);
         assert_eq!(key_of(v), "tie_word_embeddings");
         let mut v = v3_json();
-        v["torch_dtype"] = json!("float32");
+        v["torch_dtype"] = json!("float64");
         assert_eq!(key_of(v), "torch_dtype");
+        let mut v = v3_json();
+        v["dtype"] = json!("float16");
+        assert_eq!(key_of(v), "dtype");
+        let mut v = v3_json();
+        v["architectures"] = json!(["DeepseekV3ForSequenceClassification"]);
+        assert_eq!(key_of(v), "architectures");
+        let mut v = v3_json();
+        v["quantization_config"]["scale_fmt"] = json!("e8m0fnu");
+        assert_eq!(key_of(v), "quantization_config.scale_fmt");
         let mut v = v3_json();
         v["eos_token_id"] = json!(1_000_000);
         assert_eq!(key_of(v), "eos_token_id");
@@ -1450,6 +1556,199 @@ mod tests {
         v["topk_method"] = json!("group_limited_greedy");
         v.as_object_mut().unwrap().remove("n_group");
         assert_eq!(key_of(v), "n_group");
+    }
+
+    /// The released DeepSeek-V3 config.json (DeepSeek-R1's has the same keys and values).
+    const V3_RELEASED: &str = r#"{
+      "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false,
+      "attention_dropout": 0.0,
+      "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+        "AutoModel": "modeling_deepseek.DeepseekV3Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"},
+      "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1,
+      "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168,
+      "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512,
+      "max_position_embeddings": 163840, "model_type": "deepseek_v3",
+      "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8,
+      "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true,
+      "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+      "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
+      "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+      "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
+        "quant_method": "fp8", "weight_block_size": [128, 128]},
+      "rms_norm_eps": 1e-06,
+      "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+        "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
+      "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+      "seq_aux": true, "tie_word_embeddings": false, "topk_group": 4,
+      "topk_method": "noaux_tc", "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
+      "use_cache": true, "v_head_dim": 128, "vocab_size": 129280
+    }"#;
+
+    #[test]
+    fn parses_released_v3_and_r1() {
+        let cfg = ModelConfig::from_json_str(V3_RELEASED).unwrap();
+        assert_eq!(cfg, ModelConfig::deepseek_v3());
+        // The shared copy of the released file, when this checkout has it.
+        let shared = Path::new("/work/shared/configs/deepseek-v3.config.json");
+        if shared.is_file() {
+            assert_eq!(ModelConfig::from_file(shared).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn parses_v31_with_ue8m0_scales() {
+        let mut v: Value = serde_json::from_str(V3_RELEASED).unwrap();
+        v["quantization_config"]["scale_fmt"] = json!("ue8m0");
+        let cfg = ModelConfig::from_json(&v).unwrap();
+        let q = cfg.quantization.as_ref().unwrap();
+        assert_eq!(q.scale_fmt, ScaleFmt::Ue8m0);
+        assert!(q.ue8m0());
+        assert_eq!(ModelConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        // Null means f32 scales.
+        v["quantization_config"]["scale_fmt"] = Value::Null;
+        assert!(!ModelConfig::from_json(&v)
+            .unwrap()
+            .quantization
+            .unwrap()
+            .ue8m0());
+    }
+
+    #[test]
+    fn parses_kimi_k2() {
+        let text = r#"{
+          "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false,
+          "attention_dropout": 0.0,
+          "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+            "AutoModel": "modeling_deepseek.DeepseekV3Model",
+            "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"},
+          "aux_loss_alpha": 0.001, "bos_token_id": 163584, "eos_token_id": 163585,
+          "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 7168,
+          "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512,
+          "max_position_embeddings": 131072, "model_type": "kimi_k2",
+          "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 1,
+          "n_routed_experts": 384, "n_shared_experts": 1, "norm_topk_prob": true,
+          "num_attention_heads": 64, "num_experts_per_tok": 8, "num_hidden_layers": 61,
+          "num_key_value_heads": 64, "num_nextn_predict_layers": 0, "pretraining_tp": 1,
+          "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+          "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
+            "quant_method": "fp8", "weight_block_size": [128, 128]},
+          "rms_norm_eps": 1e-06,
+          "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0,
+            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
+          "rope_theta": 50000.0, "routed_scaling_factor": 2.827, "scoring_func": "sigmoid",
+          "seq_aux": true, "tie_word_embeddings": false, "topk_group": 1,
+          "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+          "transformers_version": "4.48.3", "use_cache": true, "v_head_dim": 128,
+          "vocab_size": 163840
+        }"#;
+        let cfg = ModelConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.model_type, ModelType::KimiK2);
+        assert_eq!(cfg.model_type.architecture(), "DeepseekV3ForCausalLM");
+        assert_eq!(
+            (cfg.n_routed_experts, cfg.n_group, cfg.topk_group),
+            (384, 1, 1)
+        );
+        assert_eq!(cfg.num_attention_heads, 64);
+        assert_eq!(cfg.num_nextn_predict_layers, 0);
+        assert_eq!(cfg.routed_scaling_factor, 2.827);
+        assert_eq!(cfg.rope_theta, 50000.0);
+        let y = cfg.rope_scaling.as_ref().unwrap();
+        assert_eq!((y.factor, y.beta_fast, y.beta_slow), (32.0, 1.0, 1.0));
+        assert_eq!(y.original_max_position_embeddings, 4096);
+        assert_eq!(cfg.bos_token_id, Some(163_584));
+        assert!(!cfg.quantization.as_ref().unwrap().ue8m0());
+        cfg.rope_params().unwrap();
+        assert_eq!(ModelConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        // Kimi-K2: 1.04T total, 32B activated (1.026T and 31.7B by this count).
+        let c = cfg.param_counts();
+        assert!((1.0e12..1.05e12).contains(&(c.total as f64)), "{c:?}");
+        assert!((31.5e9..33e9).contains(&(c.activated as f64)), "{c:?}");
+        // The architecture must still be the V3 causal LM.
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        v["architectures"] = json!(["DeepseekV2ForCausalLM"]);
+        assert_eq!(key_of(v), "architectures");
+    }
+
+    #[test]
+    fn parses_moonlight() {
+        let text = r#"{
+          "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false,
+          "attention_dropout": 0.0,
+          "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+            "AutoModel": "modeling_deepseek.DeepseekV3Model",
+            "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"},
+          "aux_loss_alpha": 0.001, "bos_token_id": 163584, "eos_token_id": 163585,
+          "ep_size": 1, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048,
+          "initializer_range": 0.02, "intermediate_size": 11264, "kv_lora_rank": 512,
+          "max_position_embeddings": 8192, "model_type": "deepseek_v3",
+          "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1,
+          "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": true,
+          "num_attention_heads": 16, "num_experts_per_tok": 6, "num_hidden_layers": 27,
+          "num_key_value_heads": 16, "num_nextn_predict_layers": 0, "pretraining_tp": 1,
+          "q_lora_rank": null, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+          "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 50000.0,
+          "routed_scaling_factor": 2.446, "scoring_func": "sigmoid", "seq_aux": true,
+          "tie_word_embeddings": false, "topk_group": 1, "topk_method": "noaux_tc",
+          "torch_dtype": "bfloat16", "transformers_version": "4.48.0", "use_cache": true,
+          "v_head_dim": 128, "vocab_size": 163840
+        }"#;
+        let cfg = ModelConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.model_type, ModelType::DeepseekV3);
+        assert_eq!(cfg.q_lora_rank, None);
+        assert_eq!(cfg.quantization, None);
+        assert_eq!(cfg.rope_scaling, None);
+        assert_eq!(cfg.rope_theta, 50000.0);
+        assert_eq!((cfg.n_routed_experts, cfg.num_experts_per_tok), (64, 6));
+        assert_eq!(
+            (cfg.n_group, cfg.topk_group, cfg.n_shared_experts),
+            (1, 1, 2)
+        );
+        assert!(cfg.has_score_bias());
+        assert_eq!(ModelConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+        // Moonlight-16B-A3B: 16B total, 3B activated.
+        let c = cfg.param_counts();
+        assert!((15.5e9..16.5e9).contains(&(c.total as f64)), "{c:?}");
+        assert!((2.5e9..3.5e9).contains(&(c.activated as f64)), "{c:?}");
+    }
+
+    /// What transformers 5 `save_pretrained` writes for a DeepSeek-V3 model in float32 (a V3
+    /// config without the DeepSeek-only keys, `dtype`, `rope_parameters`, `head_dim`, ...).
+    #[test]
+    fn parses_a_transformers5_saved_config() {
+        let text = r#"{
+          "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false,
+          "attention_dropout": 0.0, "bos_token_id": 0, "dtype": "float32", "eos_token_id": 1,
+          "first_k_dense_replace": 3, "head_dim": 64, "hidden_act": "silu",
+          "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432,
+          "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v3",
+          "moe_intermediate_size": 2048, "n_group": 8, "n_routed_experts": 256,
+          "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 128,
+          "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128,
+          "num_nextn_predict_layers": 1, "output_router_logits": false, "pad_token_id": null,
+          "pretraining_tp": 1, "q_lora_rank": 1536, "qk_head_dim": 192,
+          "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+          "rope_interleave": true,
+          "rope_parameters": {"beta_fast": 32, "beta_slow": 1, "factor": 40.0, "mscale": 1.0,
+            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+            "rope_theta": 10000.0, "rope_type": "yarn"},
+          "routed_scaling_factor": 2.5, "tie_word_embeddings": false, "topk_group": 4,
+          "transformers_version": "5.23.0", "use_cache": true, "v_head_dim": 128,
+          "vocab_size": 129280
+        }"#;
+        let mut want = ModelConfig::deepseek_v3();
+        want.quantization = None;
+        assert_eq!(ModelConfig::from_json_str(text).unwrap(), want);
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        for dtype in SUPPORTED_DTYPES {
+            v["dtype"] = json!(dtype);
+            assert_eq!(ModelConfig::from_json(&v).unwrap(), want, "{dtype}");
+            v["torch_dtype"] = json!(dtype);
+            assert_eq!(ModelConfig::from_json(&v).unwrap(), want, "{dtype}");
+            v.as_object_mut().unwrap().remove("torch_dtype");
+        }
+        v["dtype"] = json!("int8");
+        assert_eq!(key_of(v), "dtype");
     }
 
     #[test]

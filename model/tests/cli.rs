@@ -237,3 +237,91 @@ fn backend_cuda_runs_or_says_why_not() {
         assert!(err.contains("built without --features cuda"), "{err}");
     }
 }
+
+fn golden_fixture(name: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    dir.to_str().unwrap().to_string()
+}
+
+/// `info` on every checkpoint family of the golden fixtures.
+#[test]
+fn info_describes_every_fixture_family() {
+    let cases = [
+        ("hf-v3-tiny", "deepseek_v3", true, Value::from("f32")),
+        ("hf-v2-lite-tiny", "deepseek_v2", true, Value::from("f32")),
+        ("hf-v3-f32-tiny", "deepseek_v3", false, Value::Null),
+        ("hf-moonlight-tiny", "deepseek_v3", false, Value::Null),
+        ("hf-k2-tiny", "kimi_k2", true, Value::from("f32")),
+        ("hf-v31-tiny", "deepseek_v3", true, Value::from("ue8m0")),
+    ];
+    for (name, model_type, fp8, scale_fmt) in cases {
+        let v = stdout_json(&dsv3(&["info", "--model", &golden_fixture(name), "--json"]));
+        assert_eq!(v["model_type"], model_type, "{name}");
+        assert_eq!(v["fp8"], fp8, "{name}");
+        assert_eq!(v["fp8_scale_fmt"], scale_fmt, "{name}");
+        assert!(v["params_total"].as_u64().unwrap() > 0, "{name}");
+        // The text form works too.
+        let out = dsv3(&["info", "--model", &golden_fixture(name)]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    let k2 = stdout_json(&dsv3(&[
+        "info",
+        "--model",
+        &golden_fixture("hf-k2-tiny"),
+        "--json",
+    ]));
+    assert_eq!(
+        (k2["routed_experts"].as_u64(), k2["heads"].as_u64()),
+        (Some(384), Some(64))
+    );
+}
+
+/// A checkpoint without tokenizer.json (as transformers' save_pretrained writes one): token-id
+/// commands work, text commands say what is missing.
+#[test]
+fn checkpoint_without_a_tokenizer_runs_on_ids() {
+    let model = golden_fixture("hf-moonlight-tiny");
+    assert!(!std::path::Path::new(&model).join("tokenizer.json").exists());
+    let v = stdout_json(&dsv3(&[
+        "generate",
+        "--model",
+        &model,
+        "--ids",
+        "5,6,7",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(v["ids"].as_array().unwrap().len(), 3);
+    let v = stdout_json(&dsv3(&["logits", "--model", &model, "--ids", "5,6"]));
+    assert_eq!(v["logits"].as_array().unwrap().len(), 2);
+
+    let text = TempDir::new("cli-no-tokenizer");
+    let file = text.path().join("text.txt");
+    std::fs::write(&file, "some text").unwrap();
+    let file = file.to_str().unwrap();
+    let cases: [&[&str]; 3] = [
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+        ],
+        &["perplexity", "--model", &model, "--file", file],
+        &["chat", "--model", &model],
+    ];
+    for args in cases {
+        let out = dsv3(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            stderr(&out).contains("tokenizer.json"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -8,13 +8,15 @@ use common::TempDir;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use half::bf16;
+use half::{bf16, f16};
 use kernels::DType;
 use model::checkpoint::{
     expected_tensors, write_checkpoint, write_safetensors, Fp8Policy, LinearWeight, TensorData,
     INDEX_FILE, SINGLE_FILE,
 };
 use model::config::{ScoringFunc, TopkMethod};
+use model::cpu::{CpuModel, Precision};
+use model::engine::{CpuBackend, Engine};
 use model::tiny::{
     generate_tensors, tiny_config, write_tiny, write_tiny_sharded, TINY_SEED, TINY_SPECIAL_TOKENS,
 };
@@ -280,13 +282,19 @@ fn extra_tensor_is_named_with_its_file() {
 
 #[test]
 fn wrong_dtype_is_named() {
+    // A float tensor stored as integers.
     let gate = "model.layers.1.mlp.gate.weight";
     let dir = write_dir(
         "dtype",
         &mutated(|t| {
             let g = find(t, gate);
             let n = g.numel();
-            *g = TensorData::f32(gate, g.shape.clone(), &vec![0.5; n]);
+            *g = TensorData {
+                name: gate.into(),
+                dtype: DType::U8,
+                shape: g.shape.clone(),
+                data: vec![1; n],
+            };
         }),
     );
     match open_err(&dir) {
@@ -296,7 +304,7 @@ fn wrong_dtype_is_named() {
             found,
         } => assert_eq!(
             (name.as_str(), expected.as_str(), found.as_str()),
-            (gate, "BF16", "F32")
+            (gate, "F32, F16 or BF16", "U8")
         ),
         other => panic!("expected TensorDtype, got {other}"),
     }
@@ -537,7 +545,10 @@ fn fp8_weights_without_quantization_config_are_rejected() {
             found,
         } => {
             assert_eq!(name, "model.layers.0.self_attn.q_a_proj.weight");
-            assert_eq!((expected.as_str(), found.as_str()), ("BF16", "F8_E4M3"));
+            assert_eq!(
+                (expected.as_str(), found.as_str()),
+                ("F32, F16 or BF16", "F8_E4M3")
+            );
         }
         other => panic!("expected TensorDtype, got {other}"),
     }
@@ -830,4 +841,270 @@ fn deepseek_v2_style_bf16_checkpoint_loads() {
         other => panic!("expected BF16, got {:?}", other.dims()),
     }
     ckpt.check_finite().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float dtypes (F32 / F16 / BF16 in every role) and UE8M0 scales.
+
+/// The f32 values of a BF16, F16 or F32 tensor.
+fn float_values(t: &TensorData) -> Vec<f32> {
+    match t.dtype {
+        DType::Bf16 => t
+            .data
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::F16 => t
+            .data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::F32 => t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        other => panic!("{}: not a float tensor ({other})", t.name),
+    }
+}
+
+/// `t` stored as `dtype` (values rounded to nearest when narrowing).
+fn stored_as(t: &TensorData, dtype: DType) -> TensorData {
+    let v = float_values(t);
+    let data = match dtype {
+        DType::Bf16 => v
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        DType::F16 => v
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect(),
+        DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => panic!("not a float dtype: {other}"),
+    };
+    TensorData {
+        name: t.name.clone(),
+        dtype,
+        shape: t.shape.clone(),
+        data,
+    }
+}
+
+/// The tiny config without `quantization_config` (so no tensor is FP8) and its tensors, the
+/// router bias rounded to BF16 values so that every tensor holds BF16-exact values.
+fn unquantized_tiny() -> (ModelConfig, Vec<TensorData>) {
+    let mut cfg = tiny_config();
+    cfg.quantization = None;
+    let tensors = generate_tensors(&cfg, 11)
+        .iter()
+        .map(|t| stored_as(&stored_as(t, DType::Bf16), t.dtype))
+        .collect();
+    (cfg, tensors)
+}
+
+fn exact_logits(dir: &Path, ids: &[u32]) -> Vec<f32> {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let model = CpuModel::load(&ckpt, Precision::Exact).unwrap();
+    let mut e = Engine::new(CpuBackend::new(model, 4).unwrap()).unwrap();
+    e.logits(ids).unwrap()
+}
+
+const FLOAT_DTYPES: [(DType, &str); 3] = [
+    (DType::F32, "float32"),
+    (DType::F16, "float16"),
+    (DType::Bf16, "bfloat16"),
+];
+
+/// transformers saves every tensor of a model in its `dtype` (float32, float16 or bfloat16), the
+/// router bias and the norms included: each opens, reads back exactly and computes.
+#[test]
+fn float_tensors_of_every_role_load_in_f32_f16_and_bf16() {
+    let (cfg, base) = unquantized_tiny();
+    let ids = [3u32, 17, 250, 9, 400];
+    let mut logits = Vec::new();
+    for (dtype, name) in FLOAT_DTYPES {
+        let tensors: Vec<TensorData> = base.iter().map(|t| stored_as(t, dtype)).collect();
+        let dir = TempDir::new(&format!("float-{name}"));
+        write_checkpoint(dir.path(), &cfg, &tensors, 1).unwrap();
+        // transformers-5 spelling of the dtype; torch_dtype agrees.
+        rewrite_config(&dir, |v| {
+            v["dtype"] = json!(name);
+            v["torch_dtype"] = json!(name);
+        });
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(ckpt.config(), &cfg);
+        assert_eq!(ckpt.num_mtp_layers(), 1);
+        ckpt.check_finite().unwrap();
+        for t in &tensors {
+            assert_eq!(ckpt.info(&t.name).unwrap().dtype, dtype, "{}", t.name);
+            assert_eq!(ckpt.to_f32(&t.name).unwrap(), float_values(t), "{}", t.name);
+            let bf: Vec<f32> = ckpt
+                .to_bf16(&t.name)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            assert_eq!(bf, float_values(&stored_as(t, DType::Bf16)), "{}", t.name);
+        }
+        let q_b = "model.layers.1.self_attn.q_b_proj.weight";
+        match (ckpt.linear(q_b).unwrap(), dtype) {
+            (LinearWeight::Bf16 { .. }, DType::Bf16)
+            | (LinearWeight::F32 { .. }, DType::F32 | DType::F16) => {}
+            (other, _) => panic!("{name}: {q_b} loaded as {other:?}"),
+        }
+        assert_eq!(
+            ckpt.linear(q_b).unwrap().to_f32(),
+            float_values(find(&mut tensors.clone(), q_b))
+        );
+        logits.push(exact_logits(dir.path(), &ids));
+    }
+    // F32 and BF16 files hold the same values: the same logits, bit for bit. F16 rounds them
+    // (10 mantissa bits, a narrower exponent range), so only close.
+    assert_eq!(logits[0], logits[2]);
+    let worst = logits[0]
+        .iter()
+        .zip(&logits[1])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 0.05, "F16 logits differ by {worst}");
+}
+
+/// One checkpoint mixing the three float dtypes across tensors (and, in the FP8 layout, a BF16
+/// router bias, F32 norms and an F16 embedding around the FP8 weights).
+#[test]
+fn mixed_float_dtypes_load() {
+    let (cfg, base) = unquantized_tiny();
+    let mixed: Vec<TensorData> = base
+        .iter()
+        .enumerate()
+        .map(|(i, t)| stored_as(t, FLOAT_DTYPES[i % 3].0))
+        .collect();
+    let dir = TempDir::new("float-mixed");
+    write_checkpoint(dir.path(), &cfg, &mixed, 1).unwrap();
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    CpuModel::load(&ckpt, Precision::Exact).unwrap();
+
+    let bias = "model.layers.2.mlp.gate.e_score_correction_bias";
+    let fp8 = write_dir(
+        "fp8-mixed-floats",
+        &mutated(|t| {
+            for x in t.iter_mut() {
+                let to = if x.name == bias {
+                    DType::Bf16
+                } else if x.name.ends_with("norm.weight") {
+                    DType::F32
+                } else if x.name == "model.embed_tokens.weight" {
+                    DType::F16
+                } else {
+                    continue;
+                };
+                *x = stored_as(x, to);
+            }
+        }),
+    );
+    let ckpt = Checkpoint::open(fp8.path()).unwrap();
+    assert_eq!(ckpt.info(bias).unwrap().dtype, DType::Bf16);
+    assert_eq!(
+        ckpt.info("model.layers.0.input_layernorm.weight")
+            .unwrap()
+            .dtype,
+        DType::F32
+    );
+    for precision in [Precision::Exact, Precision::Fp8] {
+        let model = CpuModel::load(&ckpt, precision).unwrap();
+        let mut e = Engine::new(CpuBackend::new(model, 4).unwrap()).unwrap();
+        assert!(e.logits(&[5, 6, 7]).unwrap().iter().all(|v| v.is_finite()));
+    }
+}
+
+/// Rounds a positive f32 up to a power of two (kernels' UE8M0 `block_scale` bit trick).
+fn pow2_ceil(s: f32) -> f32 {
+    let bits = s.to_bits();
+    let pow2 = bits & 0xff80_0000;
+    f32::from_bits(if bits & 0x007f_ffff != 0 {
+        pow2 + 0x0080_0000
+    } else {
+        pow2
+    })
+}
+
+fn write_ue8m0(tag: &str, tensors: &[TensorData]) -> TempDir {
+    let dir = write_dir(tag, tensors);
+    rewrite_config(&dir, |v| {
+        v["quantization_config"]["scale_fmt"] = json!("ue8m0");
+    });
+    dir
+}
+
+/// DeepSeek-V3.1's `scale_fmt: "ue8m0"`: power-of-two scales load (as F32 or as BF16, which
+/// holds every power of two exactly); a scale that is not one is an error naming the key and the
+/// tensor; scales in another dtype are refused.
+#[test]
+fn ue8m0_scales() {
+    let pow2 = mutated(|t| {
+        for x in t.iter_mut().filter(|x| x.name.ends_with("_scale_inv")) {
+            let s: Vec<f32> = float_values(x).into_iter().map(pow2_ceil).collect();
+            *x = TensorData::f32(x.name.clone(), x.shape.clone(), &s);
+        }
+    });
+    let dir = write_ue8m0("ue8m0", &pow2);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert!(ckpt.config().quantization.as_ref().unwrap().ue8m0());
+    let w = ckpt
+        .fp8_weight("model.layers.1.self_attn.kv_a_proj_with_mqa.weight")
+        .unwrap();
+    assert!(w.scales.iter().all(|s| s.log2().fract() == 0.0));
+    let ids = [1u32, 2, 3, 4];
+    let mut fp8_logits = Vec::new();
+    for scales_dtype in [DType::F32, DType::Bf16] {
+        let tensors: Vec<TensorData> = pow2
+            .iter()
+            .map(|t| match t.name.ends_with("_scale_inv") {
+                true => stored_as(t, scales_dtype),
+                false => t.clone(),
+            })
+            .collect();
+        let dir = write_ue8m0(&format!("ue8m0-{scales_dtype}"), &tensors);
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let model = CpuModel::load(&ckpt, Precision::Fp8).unwrap();
+        let mut e = Engine::new(CpuBackend::new(model, 4).unwrap()).unwrap();
+        fp8_logits.push(e.logits(&ids).unwrap());
+    }
+    assert_eq!(
+        fp8_logits[0], fp8_logits[1],
+        "BF16 scales hold the same values"
+    );
+
+    // The tiny model's own scales are amax / 448: not powers of two.
+    let dir = write_ue8m0("ue8m0-bad", tiny_tensors());
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let e = CpuModel::load(&ckpt, Precision::Exact).expect_err("non-power-of-two scales");
+    assert_eq!(e.config_key(), Some("quantization_config.scale_fmt"));
+    assert!(e.to_string().contains("weight_scale_inv"), "{e}");
+
+    // Without scale_fmt the same power-of-two scales are just scales.
+    let plain = write_dir("pow2-plain", &pow2);
+    let ckpt = Checkpoint::open(plain.path()).unwrap();
+    CpuModel::load(&ckpt, Precision::Fp8).unwrap();
+
+    // Scales stored as F16 are refused at open, naming the tensor.
+    let scale = "model.layers.0.self_attn.o_proj.weight_scale_inv";
+    let dir = write_dir(
+        "scale-f16",
+        &mutated(|t| {
+            let x = find(t, scale);
+            *x = stored_as(x, DType::F16);
+        }),
+    );
+    match open_err(&dir) {
+        ModelError::TensorDtype {
+            name,
+            expected,
+            found,
+        } => assert_eq!(
+            (name.as_str(), expected.as_str(), found.as_str()),
+            (scale, "F32 or BF16", "F16")
+        ),
+        other => panic!("expected TensorDtype, got {other}"),
+    }
 }

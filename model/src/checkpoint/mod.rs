@@ -11,7 +11,14 @@
 //! ([`Checkpoint::check_finite`]), since it reads every byte.
 //!
 //! Whether a linear weight is FP8 follows the config: with `quantization_config` the released
-//! layout ([`Fp8Policy::Released`]), without it every weight is BF16.
+//! layout ([`Fp8Policy::Released`]), without it no weight is.
+//!
+//! Element types: FP8 linear weights must be `F8_E4M3`, their `weight_scale_inv` `F32` or `BF16`;
+//! every other tensor may be stored as `F32`, `F16` or `BF16` (what transformers writes for
+//! `dtype` float32, float16 or bfloat16, the router bias included), and the readers convert
+//! ([`Checkpoint::to_f32`], [`Checkpoint::to_bf16`], [`Checkpoint::linear`]). Shapes are checked
+//! strictly. With `quantization_config.scale_fmt: "ue8m0"` every weight scale must be a power of
+//! two ([`Checkpoint::fp8_weight`] checks it as it reads the scales).
 
 mod index;
 pub mod spec;
@@ -24,7 +31,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use half::bf16;
+use half::{bf16, f16};
 use kernels::dtype::{e4m3_from_f32, e4m3_to_f32, E4M3_MAX};
 use kernels::{DType, E4m3};
 use memmap2::Mmap;
@@ -128,11 +135,21 @@ pub fn quantize_fp8_blocks(w: &[f32], n: usize, k: usize) -> Fp8Weight {
     out
 }
 
-/// A linear weight in either stored form.
+/// A linear weight in its stored form.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LinearWeight {
     Fp8(Fp8Weight),
-    Bf16 { w: Vec<bf16>, n: usize, k: usize },
+    Bf16 {
+        w: Vec<bf16>,
+        n: usize,
+        k: usize,
+    },
+    /// Stored as F32 or F16 (widened exactly to f32).
+    F32 {
+        w: Vec<f32>,
+        n: usize,
+        k: usize,
+    },
 }
 
 impl LinearWeight {
@@ -140,7 +157,7 @@ impl LinearWeight {
     pub fn dims(&self) -> (usize, usize) {
         match self {
             LinearWeight::Fp8(w) => (w.n, w.k),
-            LinearWeight::Bf16 { n, k, .. } => (*n, *k),
+            LinearWeight::Bf16 { n, k, .. } | LinearWeight::F32 { n, k, .. } => (*n, *k),
         }
     }
 
@@ -149,7 +166,47 @@ impl LinearWeight {
         match self {
             LinearWeight::Fp8(w) => w.dequantize(),
             LinearWeight::Bf16 { w, .. } => w.iter().map(|v| v.to_f32()).collect(),
+            LinearWeight::F32 { w, .. } => w.clone(),
         }
+    }
+
+    /// The weights in BF16 (F32 / F16 weights rounded to nearest even), row-major [n, k]; `None`
+    /// for FP8 weights.
+    pub fn to_bf16(&self) -> Option<Vec<bf16>> {
+        match self {
+            LinearWeight::Fp8(_) => None,
+            LinearWeight::Bf16 { w, .. } => Some(w.clone()),
+            LinearWeight::F32 { w, .. } => Some(w.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+}
+
+/// The element types a non-FP8 tensor may be stored in.
+const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
+/// The element types an FP8 `weight_scale_inv` may be stored in.
+const SCALE_DTYPES: [DType; 2] = [DType::F32, DType::Bf16];
+
+/// The stored dtypes accepted for `spec`, and how an error spells them.
+fn accepted_dtypes(spec: &TensorSpec) -> (&'static [DType], &'static str) {
+    match (spec.dtype, spec.role) {
+        (DType::E4m3, _) => (&[DType::E4m3], "F8_E4M3"),
+        (_, TensorRole::WeightScale) => (&SCALE_DTYPES, "F32 or BF16"),
+        _ => (&FLOAT_DTYPES, "F32, F16 or BF16"),
+    }
+}
+
+/// Whether `v` is a positive power of two (a UE8M0 scale 2^e, e in -127..=127, as an f32; the
+/// smallest are f32 subnormals).
+fn is_power_of_two(v: f32) -> bool {
+    let bits = v.to_bits();
+    let (exponent, mantissa) = ((bits >> 23) & 0xff, bits & 0x007f_ffff);
+    if bits >> 31 != 0 || exponent == 0xff {
+        return false;
+    }
+    if exponent == 0 {
+        mantissa.is_power_of_two()
+    } else {
+        mantissa == 0
     }
 }
 
@@ -164,6 +221,13 @@ impl Plain for bf16 {
     const DTYPE: DType = DType::Bf16;
     fn from_le(b: &[u8]) -> Self {
         bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))
+    }
+}
+
+impl Plain for f16 {
+    const DTYPE: DType = DType::F16;
+    fn from_le(b: &[u8]) -> Self {
+        f16::from_bits(u16::from_le_bytes([b[0], b[1]]))
     }
 }
 
@@ -183,7 +247,7 @@ fn view_as<T: Plain>(bytes: &[u8]) -> Cow<'_, [T]> {
         && bytes.len() % size == 0
     {
         // SAFETY: the pointer is aligned for T and the range holds bytes.len() / size whole
-        // elements; T is bf16 or f32, plain data for which every bit pattern is a valid value,
+        // elements; T is bf16, f16 or f32, plain data for which every bit pattern is a valid value,
         // stored little-endian as on this host. The slice borrows `bytes`, so it cannot outlive
         // the mapping.
         let s =
@@ -404,10 +468,12 @@ impl Checkpoint {
                     name: spec.name.clone(),
                 });
             };
-            if stored.dtype != write::to_safetensors_dtype(spec.dtype) {
+            let (accepted, expected) = accepted_dtypes(spec);
+            let found = write::from_safetensors_dtype(stored.dtype);
+            if !found.is_some_and(|d| accepted.contains(&d)) {
                 return Err(ModelError::TensorDtype {
                     name: spec.name.clone(),
-                    expected: safetensors_dtype_name(spec.dtype).to_string(),
+                    expected: expected.to_string(),
                     found: stored.dtype.to_string(),
                 });
             }
@@ -482,7 +548,7 @@ impl Checkpoint {
     fn dtype_of(&self, name: &str, stored: &Stored) -> Result<DType> {
         write::from_safetensors_dtype(stored.dtype).ok_or_else(|| ModelError::TensorDtype {
             name: name.to_string(),
-            expected: "BF16, F32 or F8_E4M3".into(),
+            expected: "BF16, F16, F32 or F8_E4M3".into(),
             found: stored.dtype.to_string(),
         })
     }
@@ -527,6 +593,11 @@ impl Checkpoint {
         Ok(view_as::<bf16>(self.typed_bytes(name, bf16::DTYPE)?))
     }
 
+    /// An F16 tensor's values (in place in the map when aligned, else a copy).
+    pub fn f16(&self, name: &str) -> Result<Cow<'_, [f16]>> {
+        Ok(view_as::<f16>(self.typed_bytes(name, f16::DTYPE)?))
+    }
+
     /// An F32 tensor's values (in place in the map when aligned, else a copy).
     pub fn f32(&self, name: &str) -> Result<Cow<'_, [f32]>> {
         Ok(view_as::<f32>(
@@ -542,16 +613,41 @@ impl Checkpoint {
         Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<E4m3>(), bytes.len()) })
     }
 
-    /// A BF16 or F32 tensor converted to f32.
+    /// A BF16, F16, F32 or e4m3 tensor converted to f32 (exactly: every such value is an f32;
+    /// e4m3 codes without their scale).
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let s = self.stored(name)?;
         match self.dtype_of(name, s)? {
             DType::Bf16 => Ok(self.bf16(name)?.iter().map(|v| v.to_f32()).collect()),
+            DType::F16 => Ok(self.f16(name)?.iter().map(|v| v.to_f32()).collect()),
             DType::F32 => Ok(self.f32(name)?.into_owned()),
             DType::E4m3 => Ok(self.e4m3(name)?.iter().map(|c| e4m3_to_f32(c.0)).collect()),
             _ => Err(ModelError::TensorDtype {
                 name: name.to_string(),
-                expected: "BF16, F32 or F8_E4M3".into(),
+                expected: "BF16, F16, F32 or F8_E4M3".into(),
+                found: s.dtype.to_string(),
+            }),
+        }
+    }
+
+    /// A BF16, F16 or F32 tensor as BF16: in place when stored as BF16, else rounded to nearest
+    /// even (for backends that keep norms, embeddings, lm_head and the router in BF16).
+    pub fn to_bf16(&self, name: &str) -> Result<Cow<'_, [bf16]>> {
+        let s = self.stored(name)?;
+        match self.dtype_of(name, s)? {
+            DType::Bf16 => self.bf16(name),
+            DType::F16 => Ok(Cow::Owned(
+                self.f16(name)?
+                    .iter()
+                    .map(|v| bf16::from_f32(v.to_f32()))
+                    .collect(),
+            )),
+            DType::F32 => Ok(Cow::Owned(
+                self.f32(name)?.iter().map(|&v| bf16::from_f32(v)).collect(),
+            )),
+            _ => Err(ModelError::TensorDtype {
+                name: name.to_string(),
+                expected: "BF16, F16 or F32".into(),
                 found: s.dtype.to_string(),
             }),
         }
@@ -568,13 +664,27 @@ impl Checkpoint {
         }
     }
 
-    /// An FP8 linear weight (`x.weight`, e4m3 [n, k]) with its `x.weight_scale_inv` (f32
-    /// [ceil(n/128), ceil(k/128)]), copied out.
+    /// An FP8 linear weight (`x.weight`, e4m3 [n, k]) with its `x.weight_scale_inv` (F32 or
+    /// BF16 [ceil(n/128), ceil(k/128)], returned as f32), copied out. With
+    /// `scale_fmt: "ue8m0"` every scale must be a power of two.
     pub fn fp8_weight(&self, name: &str) -> Result<Fp8Weight> {
         let (n, k) = self.matrix_dims(name)?;
         let q = self.e4m3(name)?.to_vec();
         let sname = scale_name(name);
-        let scales = self.f32(&sname)?.into_owned();
+        let stored = self.stored(&sname)?;
+        let scale_dtype = self.dtype_of(&sname, stored)?;
+        if !SCALE_DTYPES.contains(&scale_dtype) {
+            return Err(ModelError::TensorDtype {
+                name: sname,
+                expected: "F32 or BF16".into(),
+                found: stored.dtype.to_string(),
+            });
+        }
+        let scales = self.to_f32(&sname)?;
+        let ue8m0 = self.config.quantization.as_ref().is_some_and(|q| q.ue8m0());
+        if ue8m0 {
+            self.check_ue8m0_scales(&sname, &scales)?;
+        }
         let found = &self.stored(&sname)?.shape;
         let expected = scale_shape(n, k);
         if found.as_slice() != expected {
@@ -587,17 +697,40 @@ impl Checkpoint {
         Ok(Fp8Weight { q, scales, n, k })
     }
 
-    /// A linear weight in whichever form it is stored (FP8 when a `weight_scale_inv` sibling
-    /// exists, else BF16).
+    /// `scale_fmt: "ue8m0"` promises power-of-two scales; a checkpoint that breaks the promise
+    /// was made by a different quantizer than the config says.
+    fn check_ue8m0_scales(&self, name: &str, scales: &[f32]) -> Result<()> {
+        match scales.iter().position(|&s| !is_power_of_two(s)) {
+            None => Ok(()),
+            Some(i) => Err(ModelError::config(
+                "quantization_config.scale_fmt",
+                format!(
+                    "\"ue8m0\" needs power-of-two scales, but `{name}` has {} at index {i}",
+                    scales[i]
+                ),
+            )),
+        }
+    }
+
+    /// A linear weight in its stored form: FP8 when a `weight_scale_inv` sibling exists, BF16
+    /// when stored as BF16, else (F32, F16) widened to f32.
     pub fn linear(&self, name: &str) -> Result<LinearWeight> {
         if self.contains(&scale_name(name)) {
             return Ok(LinearWeight::Fp8(self.fp8_weight(name)?));
         }
         let (n, k) = self.matrix_dims(name)?;
-        Ok(LinearWeight::Bf16 {
-            w: self.bf16(name)?.into_owned(),
-            n,
-            k,
+        let s = self.stored(name)?;
+        Ok(match self.dtype_of(name, s)? {
+            DType::Bf16 => LinearWeight::Bf16 {
+                w: self.bf16(name)?.into_owned(),
+                n,
+                k,
+            },
+            _ => LinearWeight::F32 {
+                w: self.to_f32(name)?,
+                n,
+                k,
+            },
         })
     }
 
@@ -673,6 +806,31 @@ mod tests {
         let nan = f32::NAN.to_le_bytes();
         assert_eq!(first_non_finite(DType::F32, &nan), Some(0));
         assert_eq!(first_non_finite(DType::F32, &f32::MAX.to_le_bytes()), None);
+    }
+
+    #[test]
+    fn powers_of_two() {
+        for e in -149i32..=127 {
+            let v = if e >= -126 {
+                f32::from_bits(((e + 127) as u32) << 23)
+            } else {
+                f32::from_bits(1 << (e + 149))
+            };
+            assert!(is_power_of_two(v), "2^{e} = {v:e}");
+        }
+        assert!(is_power_of_two(1.0) && is_power_of_two(0.5) && is_power_of_two(2f32.powi(-20)));
+        for v in [
+            0.0,
+            -1.0,
+            3.0,
+            0.75,
+            1.5e-7,
+            f32::INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE * 1.5,
+        ] {
+            assert!(!is_power_of_two(v), "{v}");
+        }
     }
 
     #[test]

@@ -5,9 +5,13 @@ use kernels::DType;
 use crate::config::{ModelConfig, FP8_WEIGHT_BLOCK};
 
 /// Which linear weights are stored as FP8.
+///
+/// The dtypes in the specs are the released checkpoints' (and what the tiny generator writes);
+/// the loader accepts F32, F16 or BF16 for every non-FP8 tensor and F32 or BF16 for the
+/// `weight_scale_inv` tensors (see [`crate::checkpoint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fp8Policy {
-    /// Every tensor BF16 (except `e_score_correction_bias`, always F32): a checkpoint without
+    /// Every tensor BF16 (except `e_score_correction_bias`, F32): a checkpoint without
     /// `quantization_config`.
     Bf16,
     /// The released FP8 layout: every attention, dense-MLP and expert linear weight is e4m3 with

@@ -456,6 +456,7 @@ fn info(dir: Option<&Path>, as_json: bool) -> Result<()> {
         "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_position_embeddings,
         "fp8": cfg.quantization.is_some(),
+        "fp8_scale_fmt": cfg.quantization.as_ref().map(|q| if q.ue8m0() { "ue8m0" } else { "f32" }),
         "params_total": p.total,
         "params_activated": p.activated,
         "params_mtp": p.mtp_total,

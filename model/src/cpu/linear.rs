@@ -2,12 +2,15 @@
 //!
 //! - `exact`: W dequantized to f32 once at load, x in f32, f32 products through the `gemm` crate
 //!   (the oracle the goldens are checked with).
-//! - `fp8`: FP8 weights kept as stored; x quantized per token per 128 channels (spec §4) and
-//!   multiplied by the fp8-gemm crate's reference (f32 per-block partials promoted with the two
-//!   scales), output rounded to BF16 as the GPU GEMM writes it.
+//! - `fp8`: FP8 weights kept as stored; x quantized per token per 128 channels (spec §4; with the
+//!   checkpoint's `scale_fmt: "ue8m0"` each activation scale is rounded up to a power of two, as
+//!   DeepSeek-V3.1's inference code does) and multiplied by the fp8-gemm crate's reference (f32
+//!   per-block partials promoted with the two scales), output rounded to BF16 as the GPU GEMM
+//!   writes it.
 //!
-//! BF16 weights (router gate, lm_head, eh_proj) stay BF16 in both precisions and multiply f32
-//! activations in f32.
+//! Non-FP8 weights (router gate, lm_head, eh_proj, and every weight of an unquantized checkpoint)
+//! keep their stored values (BF16, F16 or F32, all exact in f32) and multiply f32 activations in
+//! f32 in both precisions.
 
 use fp8_gemm::reference::{gemm_nt_f32, Fp8Weights};
 use half::bf16;
@@ -23,18 +26,25 @@ use super::Precision;
 pub enum Linear {
     /// Row-major f32 [n, k].
     F32 { w: Vec<f32>, n: usize, k: usize },
-    /// Block-scaled FP8 (the checkpoint's codes and `weight_scale_inv`).
-    Fp8(Fp8Weights),
+    /// Block-scaled FP8 (the checkpoint's codes and `weight_scale_inv`); `ue8m0`: activation
+    /// scales rounded up to powers of two.
+    Fp8 { w: Fp8Weights, ue8m0: bool },
 }
 
 impl Linear {
-    /// Prepares `weight` (tensor `name`) for `precision`.
-    pub fn new(name: &str, weight: LinearWeight, precision: Precision) -> Result<Self> {
+    /// Prepares `weight` (tensor `name`) for `precision`; `ue8m0` rounds the FP8 activation
+    /// scales up to powers of two (the checkpoint's `scale_fmt`).
+    pub fn new(
+        name: &str,
+        weight: LinearWeight,
+        precision: Precision,
+        ue8m0: bool,
+    ) -> Result<Self> {
         match (weight, precision) {
             (LinearWeight::Fp8(w), Precision::Fp8) => {
                 let (n, k) = (w.n, w.k);
                 Fp8Weights::new(w.q, w.scales, n, k)
-                    .map(Linear::Fp8)
+                    .map(|w| Linear::Fp8 { w, ue8m0 })
                     .map_err(|e| ModelError::config(name, format!("cannot run in fp8: {e}")))
             }
             (w, _) => {
@@ -48,20 +58,16 @@ impl Linear {
         }
     }
 
-    /// A BF16 tensor used as a linear weight (`lm_head`, the router gate).
-    pub fn from_bf16(w: &[bf16], n: usize, k: usize) -> Self {
-        Linear::F32 {
-            w: w.iter().map(|v| v.to_f32()).collect(),
-            n,
-            k,
-        }
+    /// A non-FP8 tensor used as a linear weight (`lm_head`, the router gate), in f32.
+    pub fn from_f32(w: Vec<f32>, n: usize, k: usize) -> Self {
+        Linear::F32 { w, n, k }
     }
 
     /// Output features.
     pub fn out_dim(&self) -> usize {
         match self {
             Linear::F32 { n, .. } => *n,
-            Linear::Fp8(w) => w.n,
+            Linear::Fp8 { w, .. } => w.n,
         }
     }
 
@@ -69,7 +75,7 @@ impl Linear {
     pub fn in_dim(&self) -> usize {
         match self {
             Linear::F32 { k, .. } => *k,
-            Linear::Fp8(w) => w.k,
+            Linear::Fp8 { w, .. } => w.k,
         }
     }
 
@@ -77,7 +83,7 @@ impl Linear {
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
             Linear::F32 { w, .. } => w.clone(),
-            Linear::Fp8(w) => {
+            Linear::Fp8 { w, .. } => {
                 let table = kernels::dtype::e4m3_decode_table();
                 let kb = w.k_blocks();
                 (0..w.n * w.k)
@@ -97,8 +103,8 @@ impl Linear {
         let rows = x.len() / k;
         match self {
             Linear::F32 { w, n, k } => Ok(matmul_nt(x, w, rows, *n, *k)),
-            Linear::Fp8(w) => {
-                let a = quantize_fp8(x, w.k, false, ScaleLayout::TokenMajor)?;
+            Linear::Fp8 { w, ue8m0 } => {
+                let a = quantize_fp8(x, w.k, *ue8m0, ScaleLayout::TokenMajor)?;
                 let y = gemm_nt_f32(&a, w)?;
                 // The GPU GEMM writes BF16; round here so both backends see the same values.
                 Ok(y.into_iter().map(round_bf16).collect())
@@ -157,6 +163,8 @@ pub fn matmul_nt(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::quantize_fp8_blocks;
+    use kernels::reference::fp8_quant::block_scale;
 
     #[test]
     fn matmul_matches_the_definition() {
@@ -170,5 +178,47 @@ mod tests {
                 assert!((y[r * n + c] - want).abs() < 1e-5);
             }
         }
+    }
+
+    /// With `ue8m0` the activations are quantized with power-of-two scales (DeepSeek-V3.1's
+    /// `act_quant` with `scale_fmt` set): the output is exactly the GEMM of those, and differs
+    /// from the plain-scale output while staying close to it.
+    #[test]
+    fn ue8m0_rounds_activation_scales_up_to_powers_of_two() {
+        let (rows, n, k) = (3, 16, 256);
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin() * 0.05).collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| (i as f32 * 0.11).cos() * 3.0)
+            .collect();
+        let fp8 = quantize_fp8_blocks(&w, n, k);
+        let layer = |ue8m0| {
+            Linear::new("w", LinearWeight::Fp8(fp8.clone()), Precision::Fp8, ue8m0).unwrap()
+        };
+        let (plain, pow2) = (layer(false), layer(true));
+        let a = quantize_fp8(&x, k, true, ScaleLayout::TokenMajor).unwrap();
+        assert!(a.scales.iter().all(|s| s.log2().fract() == 0.0));
+        let plain_scales = quantize_fp8(&x, k, false, ScaleLayout::TokenMajor)
+            .unwrap()
+            .scales;
+        for (&p2, &s) in a.scales.iter().zip(&plain_scales) {
+            assert!(p2 >= s && p2 < 2.0 * s && p2 == block_scale(s * 448.0, true));
+        }
+        assert_ne!(a.scales, plain_scales);
+        let Linear::Fp8 { w: weights, .. } = &pow2 else {
+            panic!("an FP8 layer")
+        };
+        let want: Vec<f32> = gemm_nt_f32(&a, weights)
+            .unwrap()
+            .into_iter()
+            .map(round_bf16)
+            .collect();
+        let (y_plain, y_pow2) = (plain.forward(&x).unwrap(), pow2.forward(&x).unwrap());
+        assert_eq!(y_pow2, want);
+        assert_ne!(y_pow2, y_plain);
+        let exact = matmul_nt(&x, &fp8.dequantize(), rows, n, k);
+        let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+        let err = norm(&mut y_pow2.iter().zip(&exact).map(|(a, b)| a - b));
+        let rel = err / norm(&mut exact.iter().copied());
+        assert!(rel < 0.1, "relative error {rel}");
     }
 }

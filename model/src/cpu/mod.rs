@@ -159,8 +159,8 @@ impl CpuModel {
             layers.push(DecoderLayer::load(ckpt, l, precision)?);
             progress(l + 1, total);
         }
-        let lm_head = Linear::from_bf16(
-            &ckpt.bf16("lm_head.weight")?,
+        let lm_head = Linear::from_f32(
+            ckpt.to_f32("lm_head.weight")?,
             cfg.vocab_size,
             cfg.hidden_size,
         );
@@ -291,8 +291,8 @@ fn load_mtp(ckpt: &Checkpoint, l: usize, precision: Precision) -> Result<MtpWeig
         eh_proj: weights::linear(ckpt, &format!("{p}.eh_proj.weight"), precision)?,
         layer: DecoderLayer::load(ckpt, l, precision)?,
         head_norm: vector(ckpt, &format!("{p}.shared_head.norm.weight"))?,
-        head: Linear::from_bf16(
-            &ckpt.bf16(&format!("{p}.shared_head.head.weight"))?,
+        head: Linear::from_f32(
+            ckpt.to_f32(&format!("{p}.shared_head.head.weight"))?,
             vocab,
             d,
         ),

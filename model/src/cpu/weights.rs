@@ -11,7 +11,12 @@ use super::Precision;
 
 /// Loads `name` as a linear layer for `precision`.
 pub fn linear(ckpt: &Checkpoint, name: &str, precision: Precision) -> Result<Linear> {
-    Linear::new(name, ckpt.linear(name)?, precision)
+    let ue8m0 = ckpt
+        .config()
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.ue8m0());
+    Linear::new(name, ckpt.linear(name)?, precision, ue8m0)
 }
 
 /// A norm (or any small vector) in f32.
@@ -63,14 +68,16 @@ pub struct Attention {
 /// The FFN of a layer: dense below `first_k_dense_replace`, MoE above.
 #[derive(Clone, Debug)]
 pub enum Ffn {
-    Dense(Mlp),
+    /// Boxed like `Moe`: an FP8 `Linear` carries its UE8M0 flag, which makes three of them too
+    /// large for an unboxed variant.
+    Dense(Box<Mlp>),
     Moe(Box<Moe>),
 }
 
 /// Router and experts of an MoE layer.
 #[derive(Clone, Debug)]
 pub struct Moe {
-    /// `mlp.gate.weight` [E, hidden], BF16 in the checkpoint, multiplied in f32.
+    /// `mlp.gate.weight` [E, hidden] (BF16, F16 or F32 in the checkpoint), multiplied in f32.
     pub gate: Linear,
     /// `e_score_correction_bias` (noaux_tc only).
     pub bias: Option<Vec<f32>>,
@@ -134,7 +141,7 @@ impl DecoderLayer {
         let m = format!("{p}.mlp");
         let ffn = if cfg.is_moe_layer(l) {
             let gate_name = format!("{m}.gate.weight");
-            let gate = ckpt.bf16(&gate_name)?;
+            let gate = ckpt.to_f32(&gate_name)?;
             let bias = if cfg.has_score_bias() {
                 Some(vector(ckpt, &format!("{m}.gate.e_score_correction_bias"))?)
             } else {
@@ -149,14 +156,14 @@ impl DecoderLayer {
                 None
             };
             Ffn::Moe(Box::new(Moe {
-                gate: Linear::from_bf16(&gate, cfg.n_routed_experts, cfg.hidden_size),
+                gate: Linear::from_f32(gate, cfg.n_routed_experts, cfg.hidden_size),
                 bias,
                 routing: routing_config(cfg)?,
                 experts,
                 shared,
             }))
         } else {
-            Ffn::Dense(Mlp::load(ckpt, &m, precision)?)
+            Ffn::Dense(Box::new(Mlp::load(ckpt, &m, precision)?))
         };
         Ok(DecoderLayer {
             input_norm: vector(ckpt, &format!("{p}.input_layernorm.weight"))?,

@@ -63,23 +63,24 @@ impl GpuMtp {
         let p = format!("model.layers.{l}");
         let eh_name = format!("{p}.eh_proj.weight");
         let eh_proj = match ckpt.linear(&eh_name)? {
-            LinearWeight::Bf16 { w, n, k } => {
+            LinearWeight::Fp8(_) => EhProj::Fp8(Fp8Linear::load(gpu, ckpt, &eh_name)?),
+            // BF16 as stored; F32 / F16 rounded to BF16.
+            dense => {
+                let (n, k) = dense.dims();
                 if (n, k) != (d, 2 * d) {
                     return Err(ModelError::config(
                         &eh_name,
                         format!("is [{n}, {k}], expected [{d}, {}]", 2 * d),
                     ));
                 }
+                let w = dense
+                    .to_bf16()
+                    .ok_or_else(|| ModelError::config(&eh_name, "has no BF16 form"))?;
                 EhProj::Bf16(upload(gpu, &w, &[n, k], &eh_name)?)
             }
-            LinearWeight::Fp8(_) => EhProj::Fp8(Fp8Linear::load(gpu, ckpt, &eh_name)?),
         };
         let embed_name = format!("{p}.embed_tokens.weight");
-        let embed: Vec<bf16> = ckpt
-            .to_f32(&embed_name)?
-            .into_iter()
-            .map(bf16::from_f32)
-            .collect();
+        let embed = ckpt.to_bf16(&embed_name)?;
         Ok(GpuMtp {
             enorm: bf16_vector(gpu, ckpt, &format!("{p}.enorm.weight"))?,
             hnorm: bf16_vector(gpu, ckpt, &format!("{p}.hnorm.weight"))?,

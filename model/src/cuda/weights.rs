@@ -59,8 +59,9 @@ pub struct Fp8Linear {
     pub k: usize,
 }
 
-/// The FP8 weight `name`, or an error when the checkpoint stores it in BF16 (the CUDA backend
-/// runs FP8 checkpoints: every linear layer through the block-scaled FP8 GEMM).
+/// The FP8 weight `name`, or an error when the checkpoint stores it in BF16, F16 or F32 (the CUDA
+/// backend runs FP8 checkpoints: every linear layer through the block-scaled FP8 GEMM; other
+/// linear weights are issue 19).
 fn fp8(ckpt: &Checkpoint, name: &str) -> Result<Fp8Weight> {
     match ckpt.linear(name)? {
         LinearWeight::Fp8(w) => {
@@ -75,9 +76,12 @@ fn fp8(ckpt: &Checkpoint, name: &str) -> Result<Fp8Weight> {
             }
             Ok(w)
         }
-        LinearWeight::Bf16 { .. } => Err(ModelError::config(
+        LinearWeight::Bf16 { .. } | LinearWeight::F32 { .. } => Err(ModelError::config(
             name,
-            "is stored in BF16; the CUDA backend runs FP8 checkpoints only (use --backend cpu)",
+            format!(
+                "is stored in {}; the CUDA backend runs FP8 checkpoints only (use --backend cpu)",
+                crate::checkpoint::safetensors_dtype_name(ckpt.info(name)?.dtype)
+            ),
         )),
     }
 }
@@ -273,13 +277,14 @@ pub struct GpuLayer {
     pub ffn: GpuFfn,
 }
 
-/// A vector (norm weight) as BF16.
+/// A vector (norm weight) as BF16 (stored as BF16, or F16 / F32 rounded to BF16).
 pub fn bf16_vector(gpu: &Gpu, ckpt: &Checkpoint, name: &str) -> Result<DeviceTensor<bf16>> {
-    let v: Vec<bf16> = ckpt.to_f32(name)?.into_iter().map(bf16::from_f32).collect();
+    let v = ckpt.to_bf16(name)?;
     upload(gpu, &v, &[v.len()], name)
 }
 
-/// A BF16 matrix `[n, k]`.
+/// A matrix `[n, k]` as BF16 (stored as BF16, or F16 / F32 rounded to BF16): embeddings,
+/// lm_head, the router gate.
 pub fn bf16_matrix(
     gpu: &Gpu,
     ckpt: &Checkpoint,
@@ -287,7 +292,7 @@ pub fn bf16_matrix(
     n: usize,
     k: usize,
 ) -> Result<DeviceTensor<bf16>> {
-    let v = ckpt.bf16(name)?;
+    let v = ckpt.to_bf16(name)?;
     upload(gpu, &v, &[n, k], name)
 }
 
