@@ -1246,6 +1246,12 @@ impl ModelConfig {
             && layer % self.moe_layer_freq.max(1) == 0
     }
 
+    /// Whether FP8 scales are powers of two (`quantization_config.scale_fmt: "ue8m0"`): weight
+    /// scales are checked to be, and activation scales are rounded up to one.
+    pub fn ue8m0_scales(&self) -> bool {
+        self.quantization.as_ref().is_some_and(|q| q.ue8m0())
+    }
+
     /// Whether the router has `e_score_correction_bias` (noaux_tc).
     pub fn has_score_bias(&self) -> bool {
         self.n_routed_experts > 0 && self.topk_method == TopkMethod::NoauxTc

@@ -435,6 +435,16 @@ mod gpu {
         );
     }
 
+    /// DeepSeek-V3.1 style (`scale_fmt: "ue8m0"`): power-of-two weight scales, and activation
+    /// scales rounded up to powers of two on the device as on the CPU fp8 path.
+    #[test]
+    fn cuda_v31_tiny_matches_the_goldens_and_cpu_greedy() {
+        check_goldens(
+            "cuda_v31_tiny_matches_the_goldens_and_cpu_greedy",
+            "hf-v31-tiny",
+        );
+    }
+
     #[test]
     fn cuda_v2_lite_tiny_matches_the_goldens_and_cpu_greedy() {
         check_goldens(

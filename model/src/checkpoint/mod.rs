@@ -681,8 +681,7 @@ impl Checkpoint {
             });
         }
         let scales = self.to_f32(&sname)?;
-        let ue8m0 = self.config.quantization.as_ref().is_some_and(|q| q.ue8m0());
-        if ue8m0 {
+        if self.config.ue8m0_scales() {
             self.check_ue8m0_scales(&sname, &scales)?;
         }
         let found = &self.stored(&sname)?.shape;

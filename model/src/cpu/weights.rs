@@ -11,11 +11,7 @@ use super::Precision;
 
 /// Loads `name` as a linear layer for `precision`.
 pub fn linear(ckpt: &Checkpoint, name: &str, precision: Precision) -> Result<Linear> {
-    let ue8m0 = ckpt
-        .config()
-        .quantization
-        .as_ref()
-        .is_some_and(|q| q.ue8m0());
+    let ue8m0 = ckpt.config().ue8m0_scales();
     Linear::new(name, ckpt.linear(name)?, precision, ue8m0)
 }
 

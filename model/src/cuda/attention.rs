@@ -35,11 +35,12 @@ const MAX_S_Q: usize = mla_attention::reference::MAX_CHUNK_LEN;
 const MAX_DECODE_S_Q: usize = mla_attention::reference::MAX_QUERY_LEN;
 
 /// `y = x W^T` through the FP8 GEMM: x `[M, K]` BF16 is quantized per token per 128 channels
-/// (block-major scales, the GEMM's A layout), the GEMM writes BF16 `[M, N]`.
+/// (block-major scales, the GEMM's A layout; power-of-two scales when `w.ue8m0`), the GEMM
+/// writes BF16 `[M, N]`.
 pub fn linear(gpu: &Gpu, w: &Fp8Linear, x: &DeviceTensor<bf16>) -> Result<DeviceTensor<bf16>> {
     let m = x.len() / w.k;
     let mut a = Fp8Buffers::new(gpu, m, w.k, ScaleLayout::BlockMajor)?;
-    quantize_fp8(gpu, x, false, &mut a)?;
+    quantize_fp8(gpu, x, w.ue8m0, &mut a)?;
     linear_q(gpu, w, &a)
 }
 

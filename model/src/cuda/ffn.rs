@@ -22,10 +22,10 @@ use super::attention::linear_q;
 use super::profile::{mark, OpMarks};
 use super::weights::{zeros, GpuFfn, GpuMlp, GpuMoe};
 
-fn quantize(gpu: &Gpu, x: &DeviceTensor<bf16>) -> Result<Fp8Buffers> {
+fn quantize(gpu: &Gpu, x: &DeviceTensor<bf16>, ue8m0: bool) -> Result<Fp8Buffers> {
     let (rows, k) = (x.shape()[0], x.shape()[1]);
     let mut a = Fp8Buffers::new(gpu, rows, k, ScaleLayout::BlockMajor)?;
-    quantize_fp8(gpu, x, false, &mut a)?;
+    quantize_fp8(gpu, x, ue8m0, &mut a)?;
     Ok(a)
 }
 
@@ -35,7 +35,7 @@ impl GpuMlp {
         let gate_up = linear_q(gpu, &self.gate_up, xq)?;
         let rows = gate_up.shape()[0];
         let mut act = Fp8Buffers::new(gpu, rows, self.inter(), ScaleLayout::BlockMajor)?;
-        silu_and_mul_quantize_fp8(gpu, &gate_up, false, &mut act)?;
+        silu_and_mul_quantize_fp8(gpu, &gate_up, self.down.ue8m0, &mut act)?;
         linear_q(gpu, &self.down, &act)
     }
 }
@@ -71,7 +71,7 @@ impl GpuMoe {
             DeviceContiguousLayout::new(gpu, tokens, top_k, experts, fp8_gemm::GROUPED_M_ALIGN)?;
         contiguous_layout(gpu, &ids, &mut layout, status)?;
         let rows = layout.rows_cap;
-        let xq = quantize(gpu, x)?;
+        let xq = quantize(gpu, x, self.ue8m0)?;
         let mut a = Fp8Buffers::new(gpu, rows, hidden, ScaleLayout::BlockMajor)?;
         dispatch_fp8(gpu, &xq, &layout.slot, &mut a, status)?;
         mark(marks, "moe_route_permute")?;
@@ -89,7 +89,7 @@ impl GpuMoe {
             status,
         )?;
         let mut act = Fp8Buffers::new(gpu, rows, e.inter, ScaleLayout::BlockMajor)?;
-        silu_and_mul_quantize_fp8(gpu, &gate_up, false, &mut act)?;
+        silu_and_mul_quantize_fp8(gpu, &gate_up, self.ue8m0, &mut act)?;
         let mut y = zeros(gpu, &[rows, hidden], "expert outputs")?;
         fp8_gemm::gpu::gemm_grouped_contiguous(
             gpu,
@@ -137,7 +137,7 @@ impl GpuFfn {
     ) -> Result<DeviceTensor<bf16>> {
         match self {
             GpuFfn::Dense(mlp) => {
-                let y = mlp.forward_q(gpu, &quantize(gpu, x)?)?;
+                let y = mlp.forward_q(gpu, &quantize(gpu, x, mlp.gate_up.ue8m0)?)?;
                 mark(marks, "dense_mlp")?;
                 Ok(y)
             }

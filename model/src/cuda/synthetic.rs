@@ -162,7 +162,14 @@ impl<'g> Filler<'g> {
 
     fn fp8_linear(&mut self, n: usize, k: usize, what: &str) -> Result<Fp8Linear> {
         let (w, scales) = self.fp8_pair(&[], n, k, what)?;
-        Ok(Fp8Linear { w, scales, n, k })
+        // The synthetic model is DeepSeek-V3 (plain f32 activation scales).
+        Ok(Fp8Linear {
+            w,
+            scales,
+            n,
+            k,
+            ue8m0: false,
+        })
     }
 
     fn mlp(&mut self, inter: usize, hidden: usize, prefix: &str) -> Result<GpuMlp> {
@@ -261,6 +268,7 @@ impl<'g> Filler<'g> {
                 } else {
                     None
                 },
+                ue8m0: false,
             })
         } else {
             GpuFfn::Dense(self.mlp(cfg.intermediate_size, hidden, &m)?)

@@ -57,6 +57,9 @@ pub struct Fp8Linear {
     pub scales: DeviceTensor<f32>,
     pub n: usize,
     pub k: usize,
+    /// The activations this weight multiplies are quantized with power-of-two scales (the
+    /// checkpoint's `scale_fmt: "ue8m0"`, DeepSeek-V3.1), as the CPU `fp8` path does.
+    pub ue8m0: bool,
 }
 
 /// The FP8 weight `name`, or an error when the checkpoint stores it in BF16, F16 or F32 (the CUDA
@@ -89,11 +92,12 @@ fn fp8(ckpt: &Checkpoint, name: &str) -> Result<Fp8Weight> {
 impl Fp8Linear {
     pub fn load(gpu: &Gpu, ckpt: &Checkpoint, name: &str) -> Result<Self> {
         let w = fp8(ckpt, name)?;
-        Self::from_parts(gpu, name, &w.q, &w.scales, w.n, w.k)
+        Self::from_parts(gpu, ckpt, name, &w.q, &w.scales, w.n, w.k)
     }
 
     fn from_parts(
         gpu: &Gpu,
+        ckpt: &Checkpoint,
         name: &str,
         q: &[E4m3],
         scales: &[f32],
@@ -110,13 +114,22 @@ impl Fp8Linear {
             )?,
             n,
             k,
+            ue8m0: ckpt.config().ue8m0_scales(),
         })
     }
 
     /// `gate_proj` stacked over `up_proj` (`{prefix}.gate_proj.weight`, `.up_proj.weight`).
     fn gate_up(gpu: &Gpu, ckpt: &Checkpoint, prefix: &str) -> Result<Self> {
         let (q, s, inter, k) = gate_up_host(ckpt, prefix)?;
-        Self::from_parts(gpu, &format!("{prefix}.gate_up"), &q, &s, 2 * inter, k)
+        Self::from_parts(
+            gpu,
+            ckpt,
+            &format!("{prefix}.gate_up"),
+            &q,
+            &s,
+            2 * inter,
+            k,
+        )
     }
 }
 
@@ -235,6 +248,8 @@ pub struct GpuMoe {
     pub routing: RoutingConfig,
     pub experts: GpuExperts,
     pub shared: Option<GpuMlp>,
+    /// Power-of-two activation scales (see [`Fp8Linear::ue8m0`]).
+    pub ue8m0: bool,
 }
 
 /// (One per layer: the variants' size difference does not matter.)
@@ -386,6 +401,7 @@ impl GpuLayer {
                 } else {
                     None
                 },
+                ue8m0: cfg.ue8m0_scales(),
             })
         } else {
             GpuFfn::Dense(GpuMlp::load(gpu, ckpt, &m)?)
