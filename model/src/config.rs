@@ -5,7 +5,7 @@
 //!
 //! The file is read as a JSON object and every key is extracted by hand, so a wrong type or value
 //! is an error that names the key (`ModelError::Config { key, .. }`), never a panic. Unknown keys
-//! (`architectures`, `auto_map`, `initializer_range`, ...) are ignored. A key that is absent or
+//! (`auto_map`, `initializer_range`, ...) are ignored; `architectures` is checked when present. A key that is absent or
 //! `null` takes the default of the config class the released checkpoints ship with (table below);
 //! a key with no default there (`null` in the class) is required when it matters.
 //!
