@@ -170,9 +170,21 @@ impl Tokenizer {
         config: Option<(&str, &Path)>,
     ) -> Result<Tokenizer> {
         let file = file.into();
-        // `tokenizers` builds regexes, tries and merge tables from the file; a malformed file
-        // should be an error, not a crash, whatever path inside the crate it takes.
-        let parsed = catch_unwind(AssertUnwindSafe(|| text.parse::<tokenizers::Tokenizer>()));
+        // Validate first: the JSON syntax (and serde_json's nesting limit) is checked here, and
+        // `tokenizers` then deserializes from the parsed value. Given the text, `tokenizers`
+        // panics on a syntax error inside some sections: its `decoder` (and `normalizer`)
+        // deserializers call `.expect("Helper")` on the result of parsing the section (found by
+        // fuzz/fuzz_targets/tokenizer_json.rs: a control character in a decoder string).
+        // From a `serde_json::Value` that parse cannot fail.
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::tokenizer(&file, format!("invalid JSON: {e}")))?;
+        drop(text);
+        // `tokenizers` builds regexes, tries and merge tables from the file and has more
+        // `expect`s on paths a check here cannot foresee; a malformed file must be an error, not
+        // a crash, whatever path inside the crate it takes, so panics are still caught.
+        let parsed = catch_unwind(AssertUnwindSafe(|| {
+            serde_json::from_value::<tokenizers::Tokenizer>(value)
+        }));
         let inner = match parsed {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ModelError::tokenizer(&file, format!("invalid: {e}"))),
@@ -183,7 +195,6 @@ impl Tokenizer {
                 ))
             }
         };
-        drop(text);
 
         let (cfg, cfg_source) = match config {
             Some((text, path)) => (TokenizerConfig::parse(text, path)?, path.to_path_buf()),

@@ -356,6 +356,14 @@ fn committed_fuzz_seeds_are_valid() {
     open_bytes(seed).unwrap();
     let cfg = std::fs::read_to_string(root.join("config_json/micro.json")).unwrap();
     assert_eq!(ModelConfig::from_json_str(&cfg).unwrap(), micro_config());
+    for seed in ["tiny-byte-level.json", "deepseek-v3-trimmed.json"] {
+        let text = std::fs::read_to_string(root.join("tokenizer_json").join(seed)).unwrap();
+        let tok = model::tokenizer::Tokenizer::from_json(seed, text, None).unwrap();
+        let ids = tok
+            .encode_chat(&[model::tokenizer::ChatMessage::user("Hi 42")], true)
+            .unwrap();
+        assert_eq!(ids[0], tok.bos_id(), "{seed}");
+    }
 }
 
 /// Regenerates the seed corpus of fuzz/ from the micro config and the fixtures:
@@ -487,4 +495,93 @@ fn mutate(bytes: &mut Vec<u8>, kind: u8, at: prop::sample::Index, byte: u8) {
         }
         _ => bytes.truncate(i),
     }
+}
+
+/// The tiny byte-level tokenizer.json as text, with `edit` applied to the text.
+fn tiny_tokenizer_text(edit: impl FnOnce(String) -> String) -> String {
+    edit(serde_json::to_string_pretty(&model::tiny::tokenizer_json()).unwrap())
+}
+
+fn tokenizer_error(text: String) -> String {
+    let e = model::tokenizer::Tokenizer::from_json("fuzz/tokenizer.json", text, None)
+        .expect_err("the tokenizer should be rejected");
+    let text = e.to_string();
+    assert!(
+        matches!(&e, ModelError::Tokenizer { file, .. } if file == Path::new("fuzz/tokenizer.json")),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn tiny_tokenizer_loads_from_text() {
+    let tok =
+        model::tokenizer::Tokenizer::from_json("t.json", tiny_tokenizer_text(|t| t), None).unwrap();
+    assert_eq!(tok.encode("hi", false).unwrap().len(), 2);
+}
+
+/// Found by fuzz/fuzz_targets/tokenizer_json.rs: a JSON syntax error inside the `decoder`
+/// section (here a raw control character in a key) made `tokenizers` panic (`expect("Helper")`),
+/// which surfaced only as "the tokenizers crate panicked". The JSON is now parsed first, so the
+/// error says what is wrong and where.
+#[test]
+fn json_syntax_error_inside_the_decoder_is_named() {
+    let text = tiny_tokenizer_text(|t| {
+        let at = t.find("\"decoder\"").unwrap();
+        let key = t[at..].find("\"add_prefix_space").unwrap() + at + 1;
+        format!("{}\u{0}\u{0}{}", &t[..key], &t[key..])
+    });
+    let e = tokenizer_error(text);
+    assert!(
+        e.contains("invalid JSON") && e.contains("control character"),
+        "{e}"
+    );
+    assert!(e.contains("line "), "{e}");
+}
+
+fn micro_json() -> Value {
+    serde_json::from_str(MICRO_CONFIG).unwrap()
+}
+
+fn config_error(edit: impl FnOnce(&mut Value)) -> (String, String) {
+    let mut v = micro_json();
+    edit(&mut v);
+    let e = ModelConfig::from_json(&v).expect_err("the config should be rejected");
+    (
+        e.config_key().expect("a config error").to_string(),
+        e.to_string(),
+    )
+}
+
+/// Sizes far beyond any model: `num_hidden_layers + num_nextn_predict_layers` overflowed `usize`
+/// in validation (a panic with overflow checks), and counts that fit still asked
+/// `expected_tensors` for billions of entries or overflowed shape products. Now bounded first.
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_derived() {
+    let (key, e) = config_error(|v| v["num_hidden_layers"] = json!(u64::MAX));
+    assert_eq!(key, "num_hidden_layers", "{e}");
+    assert!(
+        e.contains("larger than this implementation supports"),
+        "{e}"
+    );
+
+    // Fits in usize, but layers x experts would be ~10^12 tensor entries.
+    let (key, e) = config_error(|v| {
+        v["num_hidden_layers"] = json!(1 << 20);
+        v["n_routed_experts"] = json!(1 << 20);
+    });
+    assert_eq!(key, "n_routed_experts", "{e}");
+    assert!(e.contains("tensors"), "{e}");
+
+    // Few tensors, each with ~2^72 elements.
+    let (key, e) = config_error(|v| {
+        v["vocab_size"] = json!(1 << 24);
+        v["hidden_size"] = json!(1 << 24);
+        v["num_attention_heads"] = json!(1 << 24);
+    });
+    assert_eq!(key, "config.json", "{e}");
+    assert!(e.contains("parameters"), "{e}");
+
+    // The released sizes pass.
+    ModelConfig::deepseek_v3().validate().unwrap();
 }
