@@ -38,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
     let ids = tok
         .encode_chat(&messages, add_generation_prompt)
         .expect("any text encodes");
-    assert_eq!(ids.first(), Some(&tok.bos_id()), "a chat prompt starts with BOS");
+    assert_eq!(
+        ids.first(),
+        Some(&tok.bos_id()),
+        "a chat prompt starts with BOS"
+    );
     let decoded = tok.decode(&ids, false).expect("encoded ids decode");
     assert_eq!(
         decoded,

@@ -59,7 +59,7 @@ impl ShardIndex {
 
     /// Parses index JSON `text` (from `path`, named in errors).
     pub(super) fn parse(path: &Path, text: &str) -> Result<Self> {
-        let file: IndexFile = serde_json::from_str(&text)
+        let file: IndexFile = serde_json::from_str(text)
             .map_err(|e| ModelError::index(path, format!("invalid index JSON: {e}")))?;
         let mut map = HashMap::new();
         for (tensor, shard) in file.weight_map.0 {
