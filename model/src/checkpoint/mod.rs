@@ -7,8 +7,10 @@
 //! the index against its shards, and every tensor against [`expected_tensors`]: presence, dtype and
 //! shape, with extra tensors an error that names tensor and file. MTP layers (ids >=
 //! `num_hidden_layers`) are loaded when present; a checkpoint without them opens with
-//! [`Checkpoint::num_mtp_layers`] = 0. NaN / Inf in the weights are checked on request
-//! ([`Checkpoint::check_finite`]), since it reads every byte.
+//! [`Checkpoint::num_mtp_layers`] = 0. FP8 block scales must be finite and > 0 (checked at open:
+//! they are few); NaN / Inf in the weights are checked on request ([`Checkpoint::check_finite`]),
+//! since it reads every byte. Before the safetensors crate parses a header, `header.rs` bounds
+//! every offset and shape with errors that name the tensor.
 //!
 //! Whether a linear weight is FP8 follows the config: with `quantization_config` the released
 //! layout ([`Fp8Policy::Released`]), without it every weight is BF16.
@@ -484,10 +486,17 @@ impl Checkpoint {
         }
         // Block scales are few (one per 128x128 weights) and a bad one silently ruins a whole
         // block of outputs, so they are checked now rather than on request.
-        for spec in wanted.iter().filter(|s| s.role == TensorRole::WeightScale) {
-            let stored = &self.tensors[&spec.name];
-            let bytes = &self.files[stored.file].map[stored.bytes.clone()];
-            scales::check(&spec.name, stored.dtype, bytes)?;
+        // In parallel: a released checkpoint's scales are spread over all of its shards.
+        let bad_scale = wanted
+            .par_iter()
+            .filter(|s| s.role == TensorRole::WeightScale)
+            .find_map_first(|spec| {
+                let stored = &self.tensors[&spec.name];
+                let bytes = &self.files[stored.file].map[stored.bytes.clone()];
+                scales::check(&spec.name, stored.dtype, bytes).err()
+            });
+        if let Some(e) = bad_scale {
+            return Err(e);
         }
         self.specs = wanted;
         self.num_mtp_layers = mtp_found;

@@ -45,7 +45,6 @@ pub(super) fn check_sizes(c: &ModelConfig) -> Result<()> {
         ("num_experts_per_tok", c.num_experts_per_tok),
         ("n_group", c.n_group),
         ("topk_group", c.topk_group),
-        ("max_position_embeddings", c.max_position_embeddings),
     ];
     for (key, v) in dims {
         if v > MAX_DIM {
