@@ -426,6 +426,25 @@ fn write_fuzz_seeds() {
         "deepseek-v3.json",
         ModelConfig::deepseek_v3().to_json_string().as_bytes(),
     );
+    // Structured mode of the config_json target: 0xff, then (key index, kind, 8 value bytes).
+    let op = |key: u8, kind: u8, value: u64| {
+        let mut v = vec![key, kind];
+        v.extend(value.to_le_bytes());
+        v
+    };
+    let structured = [
+        (
+            "structured-1",
+            [vec![0xff], op(4, 1, 3), op(12, 2, 3)].concat(),
+        ),
+        (
+            "structured-2",
+            [vec![0xff], op(30, 3, 40f64.to_bits()), op(7, 5, 0)].concat(),
+        ),
+    ];
+    for (name, bytes) in structured {
+        put("config_json", name, &bytes);
+    }
 
     let tiny = serde_json::to_string_pretty(&model::tiny::tokenizer_json()).unwrap();
     put("tokenizer_json", "tiny-byte-level.json", tiny.as_bytes());
@@ -581,6 +600,14 @@ fn absurd_sizes_are_refused_before_anything_is_derived() {
     });
     assert_eq!(key, "config.json", "{e}");
     assert!(e.contains("parameters"), "{e}");
+
+    // Found by fuzz/fuzz_targets/config_json.rs (structured mode) before the limits: an
+    // expert width of ~3.9e16 passed validation and overflowed `param_counts`.
+    let (key, e) = config_error(|v| {
+        v["moe_intermediate_size"] = json!(0x008b_0000_0000_0000u64);
+        v["n_routed_experts"] = json!(8);
+    });
+    assert_eq!(key, "moe_intermediate_size", "{e}");
 
     // The released sizes pass.
     ModelConfig::deepseek_v3().validate().unwrap();
