@@ -59,6 +59,9 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ModelError, Result};
 
+mod limits;
+pub use limits::{MAX_DIM, MAX_PARAMS, MAX_TENSORS};
+
 /// The FP8 block size of `weight_scale_inv` (spec §2): one f32 scale per 128x128 block.
 pub const FP8_WEIGHT_BLOCK: usize = 128;
 
@@ -935,6 +938,8 @@ impl ModelConfig {
 
     /// Checks every value; errors name the offending key.
     pub fn validate(&self) -> Result<()> {
+        // First: everything below derives sizes from these numbers.
+        limits::check_sizes(self)?;
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

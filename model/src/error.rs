@@ -48,6 +48,13 @@ pub enum ModelError {
     },
     /// A NaN or infinity at flat element `index` of a tensor (e4m3 codes 0x7f / 0xff are NaN).
     NonFinite { name: String, index: usize },
+    /// An FP8 block scale (`weight_scale_inv`) at flat element `index` that is not finite and
+    /// > 0; checked when the checkpoint is opened.
+    InvalidScale {
+        name: String,
+        index: usize,
+        value: f32,
+    },
     /// An error from the kernels crate (its message names the op and argument).
     Kernel(kernels::Error),
     /// A generation or forward request the model cannot serve: an id outside the vocabulary, a
@@ -121,7 +128,8 @@ impl ModelError {
             | ModelError::DuplicateTensor { name, .. }
             | ModelError::TensorShape { name, .. }
             | ModelError::TensorDtype { name, .. }
-            | ModelError::NonFinite { name, .. } => Some(name),
+            | ModelError::NonFinite { name, .. }
+            | ModelError::InvalidScale { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -183,6 +191,11 @@ impl fmt::Display for ModelError {
                     "tensor `{name}` has a NaN or infinity at element {index}"
                 )
             }
+            ModelError::InvalidScale { name, index, value } => write!(
+                f,
+                "tensor `{name}` has block scale {value} at element {index}; FP8 scales must be \
+                 finite and > 0"
+            ),
             ModelError::Kernel(e) => write!(f, "{e}"),
             ModelError::Request { detail } => write!(f, "bad request: {detail}"),
             ModelError::KvCacheExhausted {

@@ -148,9 +148,43 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let file = dir.join(TOKENIZER_FILE);
         let text = read_text(&file)?;
-        // `tokenizers` builds regexes, tries and merge tables from the file; a malformed file
-        // should be an error, not a crash, whatever path inside the crate it takes.
-        let parsed = catch_unwind(AssertUnwindSafe(|| text.parse::<tokenizers::Tokenizer>()));
+        let config_file = dir.join(TOKENIZER_CONFIG_FILE);
+        let config = if config_file.exists() {
+            Some((read_text(&config_file)?, config_file))
+        } else {
+            None
+        };
+        Self::from_json(
+            file,
+            text,
+            config.as_ref().map(|(t, p)| (t.as_str(), p.as_path())),
+        )
+    }
+
+    /// Like [`from_dir`](Self::from_dir) with the files' contents given: `text` of `tokenizer.json`
+    /// (`file` names it in errors) and optionally (text, path) of `tokenizer_config.json`. For
+    /// tools and the fuzz targets.
+    pub fn from_json(
+        file: impl Into<PathBuf>,
+        text: String,
+        config: Option<(&str, &Path)>,
+    ) -> Result<Tokenizer> {
+        let file = file.into();
+        // Validate first: the JSON syntax (and serde_json's nesting limit) is checked here, and
+        // `tokenizers` then deserializes from the parsed value. Given the text, `tokenizers`
+        // panics on a syntax error inside some sections: its `decoder` (and `normalizer`)
+        // deserializers call `.expect("Helper")` on the result of parsing the section (found by
+        // fuzz/fuzz_targets/tokenizer_json.rs: a control character in a decoder string).
+        // From a `serde_json::Value` that parse cannot fail.
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::tokenizer(&file, format!("invalid JSON: {e}")))?;
+        drop(text);
+        // `tokenizers` builds regexes, tries and merge tables from the file and has more
+        // `expect`s on paths a check here cannot foresee; a malformed file must be an error, not
+        // a crash, whatever path inside the crate it takes, so panics are still caught.
+        let parsed = catch_unwind(AssertUnwindSafe(|| {
+            serde_json::from_value::<tokenizers::Tokenizer>(value)
+        }));
         let inner = match parsed {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(ModelError::tokenizer(&file, format!("invalid: {e}"))),
@@ -161,14 +195,10 @@ impl Tokenizer {
                 ))
             }
         };
-        drop(text);
 
-        let config_file = dir.join(TOKENIZER_CONFIG_FILE);
-        let (cfg, cfg_source) = if config_file.exists() {
-            let text = read_text(&config_file)?;
-            (TokenizerConfig::parse(&text, &config_file)?, config_file)
-        } else {
-            (TokenizerConfig::default(), file.clone())
+        let (cfg, cfg_source) = match config {
+            Some((text, path)) => (TokenizerConfig::parse(text, path)?, path.to_path_buf()),
+            None => (TokenizerConfig::default(), file.clone()),
         };
         let lookup = |token: &str, what: &str| {
             inner.token_to_id(token).ok_or_else(|| {

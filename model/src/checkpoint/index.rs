@@ -54,7 +54,12 @@ pub(super) struct ShardIndex {
 impl ShardIndex {
     pub(super) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let file: IndexFile = serde_json::from_str(&text)
+        Self::parse(path, &text)
+    }
+
+    /// Parses index JSON `text` (from `path`, named in errors).
+    pub(super) fn parse(path: &Path, text: &str) -> Result<Self> {
+        let file: IndexFile = serde_json::from_str(text)
             .map_err(|e| ModelError::index(path, format!("invalid index JSON: {e}")))?;
         let mut map = HashMap::new();
         for (tensor, shard) in file.weight_map.0 {
@@ -88,6 +93,11 @@ impl ShardIndex {
             map,
             shards: shards.into_iter().collect(),
         })
+    }
+
+    /// The shard file names, sorted.
+    pub(super) fn shards(&self) -> &[String] {
+        &self.shards
     }
 
     pub(super) fn shard_paths(&self, dir: &Path) -> Vec<PathBuf> {
@@ -162,4 +172,11 @@ impl ShardIndex {
         }
         Ok(())
     }
+}
+
+/// The shard file names (sorted, each a plain file name) that index JSON `text` maps tensors to,
+/// after the checks [`Checkpoint::open`](super::Checkpoint::open) makes on an index; `path` is
+/// named in errors. For tools and the fuzz targets.
+pub fn index_shard_names(path: &Path, text: &str) -> Result<Vec<String>> {
+    Ok(ShardIndex::parse(path, text)?.shards().to_vec())
 }

@@ -7,8 +7,10 @@
 //! the index against its shards, and every tensor against [`expected_tensors`]: presence, dtype and
 //! shape, with extra tensors an error that names tensor and file. MTP layers (ids >=
 //! `num_hidden_layers`) are loaded when present; a checkpoint without them opens with
-//! [`Checkpoint::num_mtp_layers`] = 0. NaN / Inf in the weights are checked on request
-//! ([`Checkpoint::check_finite`]), since it reads every byte.
+//! [`Checkpoint::num_mtp_layers`] = 0. FP8 block scales must be finite and > 0 (checked at open:
+//! they are few); NaN / Inf in the weights are checked on request ([`Checkpoint::check_finite`]),
+//! since it reads every byte. Before the safetensors crate parses a header, `header.rs` bounds
+//! every offset and shape with errors that name the tensor.
 //!
 //! Whether a linear weight is FP8 follows the config: with `quantization_config` the released
 //! layout ([`Fp8Policy::Released`]), without it no weight is.
@@ -20,7 +22,9 @@
 //! strictly. With `quantization_config.scale_fmt: "ue8m0"` every weight scale must be a power of
 //! two ([`Checkpoint::fp8_weight`] checks it as it reads the scales).
 
+mod header;
 mod index;
+mod scales;
 pub mod spec;
 pub mod write;
 
@@ -41,6 +45,7 @@ use safetensors::SafeTensors;
 use crate::config::{ModelConfig, FP8_WEIGHT_BLOCK};
 use crate::error::{ModelError, Result};
 
+pub use index::index_shard_names;
 pub use spec::{
     expected_tensors, safetensors_dtype_name, scale_name, scale_shape, Fp8Policy, TensorRole,
     TensorSpec,
@@ -52,10 +57,26 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// The shard index name.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// One memory-mapped safetensors file.
+/// One safetensors file's bytes.
 struct MappedFile {
     path: PathBuf,
-    map: Mmap,
+    map: FileBytes,
+}
+
+/// A file memory-mapped, or held in memory ([`Checkpoint::from_bytes`]).
+enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
 }
 
 /// Where one tensor lives.
@@ -310,7 +331,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
     Ok(MappedFile {
         path: path.to_path_buf(),
-        map,
+        map: FileBytes::Mapped(map),
     })
 }
 
@@ -357,20 +378,53 @@ impl Checkpoint {
         };
 
         let mut files = Vec::with_capacity(paths.len());
-        let mut tensors: HashMap<String, Stored> = HashMap::new();
         for path in &paths {
             if let Some(index) = &index {
                 if !path.is_file() {
                     return Err(index.missing_shard(path));
                 }
             }
-            let mapped = map_file(path)?;
+            files.push(map_file(path)?);
+        }
+        Self::from_files(dir, config, files, index.as_ref())
+    }
+
+    /// A single-file checkpoint from the bytes of its `model.safetensors` (named `name` in
+    /// errors), checked exactly as [`open_with_config`](Self::open_with_config) checks a file;
+    /// for tools and the fuzz targets that have no file.
+    pub fn from_bytes(
+        name: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+        config: ModelConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let name = name.into();
+        let dir = name.parent().map(Path::to_path_buf).unwrap_or_default();
+        let file = MappedFile {
+            path: name,
+            map: FileBytes::Owned(bytes),
+        };
+        Self::from_files(dir, config, vec![file], None)
+    }
+
+    /// Parses the headers of `files`, checks them against `index` and validates every tensor.
+    fn from_files(
+        dir: PathBuf,
+        config: ModelConfig,
+        files: Vec<MappedFile>,
+        index: Option<&index::ShardIndex>,
+    ) -> Result<Self> {
+        let mut tensors: HashMap<String, Stored> = HashMap::new();
+        for (file_id, mapped) in files.iter().enumerate() {
+            let path = &mapped.path;
+            let size = mapped.map.len();
+            header::precheck(&mapped.map).map_err(|detail| {
+                ModelError::safetensors(path, format!("{detail} (the file has {size} bytes)"))
+            })?;
             let (header_len, metadata) = SafeTensors::read_metadata(&mapped.map).map_err(|e| {
-                let size = mapped.map.len();
                 ModelError::safetensors(path, format!("{e} (the file has {size} bytes)"))
             })?;
             let data_start = 8 + header_len;
-            let file_id = files.len();
             let mut names: Vec<_> = metadata.tensors().into_iter().collect();
             names.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, info) in names {
@@ -384,17 +438,14 @@ impl Checkpoint {
                 if let Some(prev) = tensors.get(&name) {
                     return Err(ModelError::DuplicateTensor {
                         name,
-                        first: files
-                            .get(prev.file)
-                            .map_or_else(|| path.clone(), |f: &MappedFile| f.path.clone()),
+                        first: files[prev.file].path.clone(),
                         second: path.clone(),
                     });
                 }
                 tensors.insert(name, stored);
             }
-            files.push(mapped);
         }
-        if let Some(index) = &index {
+        if let Some(index) = index {
             let file_names: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
             index.check_against(
                 &dir,
@@ -498,6 +549,20 @@ impl Checkpoint {
                 name: (*name).clone(),
                 file: self.files[stored.file].path.clone(),
             });
+        }
+        // Block scales are few (one per 128x128 weights) and a bad one silently ruins a whole
+        // block of outputs, so they are checked now rather than on request.
+        // In parallel: a released checkpoint's scales are spread over all of its shards.
+        let bad_scale = wanted
+            .par_iter()
+            .filter(|s| s.role == TensorRole::WeightScale)
+            .find_map_first(|spec| {
+                let stored = &self.tensors[&spec.name];
+                let bytes = &self.files[stored.file].map[stored.bytes.clone()];
+                scales::check(&spec.name, stored.dtype, bytes).err()
+            });
+        if let Some(e) = bad_scale {
+            return Err(e);
         }
         self.specs = wanted;
         self.num_mtp_layers = mtp_found;
