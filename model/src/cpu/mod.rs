@@ -4,9 +4,11 @@
 //! It keeps its own paged KV cache (`[num_blocks * 64, d_c + d_rope]` f32 per layer) whose
 //! block tables the engine manages, so the CPU and CUDA backends share one bookkeeping.
 
+pub mod attention;
 pub mod forward;
 pub mod linear;
 pub mod mtp;
+pub mod ordered;
 pub mod weights;
 
 use kernels::reference::RopeParams;
