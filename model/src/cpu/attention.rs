@@ -70,12 +70,13 @@ pub fn absorb_query(dims: &MlaDims, q: &[f32], kv_b: &[f32]) -> Vec<f32> {
     let q_head = d_nope + dims.qk_rope_head_dim;
     let tokens = q.len() / (heads * q_head);
     per_head_rows(heads, tokens, d_c, |h, out| {
+        let w_uk = &kv_b[h * (d_nope + dims.v_head_dim) * d_c..][..d_nope * d_c];
         ordered_matmul(
             tokens,
             d_c,
             d_nope,
             |t| &q[(t * heads + h) * q_head..][..d_nope],
-            |j| kv_b_row(dims, kv_b, h, j),
+            |j| &w_uk[j * d_c..][..d_c],
             out,
         );
     })

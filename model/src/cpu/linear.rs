@@ -119,7 +119,10 @@ pub fn matmul_nt(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f
         return y;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && rows * n * k >= 1 << 16 {
+    // Called from inside a parallel loop (the MoE's loop over experts), the loop already keeps
+    // every thread busy: splitting each small product again only adds synchronization.
+    let nested = rayon::current_thread_index().is_some();
+    let parallelism = if threads > 1 && !nested && rows * n * k >= 1 << 16 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
