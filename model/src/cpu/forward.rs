@@ -2,14 +2,14 @@
 //! cache of `[c_kv ; k_pe]` entries, then the dense MLP or the MoE.
 
 use kernels::reference::{apply_rope, rms_norm, RopeLayout, RopeParams};
-use mla_attention::reference::{absorb_output, absorb_query, MlaDims};
-use mla_attention::BLOCK_SIZE;
+use mla_attention::reference::MlaDims;
 use moe_dispatch::reference::routing::route;
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
 
+use super::attention::{absorb_output, absorb_query, attend_token, entry_index, CacheView};
 use super::linear::round_bf16;
 use super::weights::{Attention, DecoderLayer, Ffn, Mlp, Moe, QueryProj};
 use super::Precision;
@@ -56,13 +56,18 @@ impl Context<'_> {
     }
 
     fn dims(&self) -> MlaDims {
-        MlaDims {
-            heads: self.cfg.num_attention_heads,
-            kv_lora_rank: self.cfg.kv_lora_rank,
-            qk_nope_head_dim: self.cfg.qk_nope_head_dim,
-            qk_rope_head_dim: self.cfg.qk_rope_head_dim,
-            v_head_dim: self.cfg.v_head_dim,
-        }
+        mla_dims(self.cfg)
+    }
+}
+
+/// The attention widths of `cfg` in the mla-attention crate's terms.
+pub fn mla_dims(cfg: &ModelConfig) -> MlaDims {
+    MlaDims {
+        heads: cfg.num_attention_heads,
+        kv_lora_rank: cfg.kv_lora_rank,
+        qk_nope_head_dim: cfg.qk_nope_head_dim,
+        qk_rope_head_dim: cfg.qk_rope_head_dim,
+        v_head_dim: cfg.v_head_dim,
     }
 }
 
@@ -71,11 +76,6 @@ pub fn positions(seqs: &[SeqChunk]) -> Vec<i32> {
     seqs.iter()
         .flat_map(|s| (s.start..s.start + s.ids.len()).map(|p| p as i32))
         .collect()
-}
-
-/// Cache entry index of position `p` of a sequence with blocks `blocks`.
-fn entry_index(blocks: &[u32], p: usize) -> usize {
-    blocks[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE
 }
 
 impl DecoderLayer {
@@ -152,16 +152,11 @@ impl Attention {
             }
         }
 
-        // Absorbed queries [tokens, H, d_c + d_rope] = [W_UK^T q_nope ; q_pe].
-        let q_nope: Vec<f32> = q
-            .chunks_exact(q_head)
-            .flat_map(|qh| &qh[..d_nope])
-            .copied()
-            .collect();
-        let mut q_lat = absorb_query(&dims, &q_nope, &self.kv_b_f32)?;
+        // Absorbed queries [tokens, H, d_c] = W_UK^T q_nope (q_pe stays in `q`).
+        let mut q_lat = absorb_query(&dims, &q, &self.kv_b_f32);
         ctx.store(&mut q_lat);
 
-        // Attention of every (token, head), causal over its own sequence.
+        // Attention of every token's heads, causal over its own sequence.
         let mut owner = Vec::with_capacity(tokens);
         for (i, s) in seqs.iter().enumerate() {
             owner.extend((s.start..s.start + s.ids.len()).map(|p| (i, p)));
@@ -169,26 +164,26 @@ impl Attention {
         let cache: &[f32] = cache;
         let mut o_lat = vec![0.0f32; tokens * heads * d_c];
         o_lat
-            .par_chunks_exact_mut(d_c)
+            .par_chunks_exact_mut(heads * d_c)
             .enumerate()
-            .for_each(|(th, out)| {
-                let (t, hd) = (th / heads, th % heads);
+            .for_each(|(t, out)| {
                 let (seq, p) = owner[t];
-                let lat = &q_lat[th * d_c..][..d_c];
-                let pe = &q[t * heads * q_head + hd * q_head + d_nope..][..d_rope];
-                attend(
-                    lat,
-                    pe,
+                let q_pe: Vec<f32> = q[t * heads * q_head..][..heads * q_head]
+                    .chunks_exact(q_head)
+                    .flat_map(|qh| &qh[d_nope..])
+                    .copied()
+                    .collect();
+                let kv = CacheView {
                     cache,
-                    seqs[seq].blocks,
-                    p + 1,
+                    blocks: seqs[seq].blocks,
+                    len: p + 1,
                     width,
-                    ctx.softmax_scale,
-                    out,
-                );
+                };
+                let lat = &q_lat[t * heads * d_c..][..heads * d_c];
+                attend_token(heads, lat, &q_pe, &kv, ctx.softmax_scale, out);
             });
         ctx.store(&mut o_lat);
-        let mut o = absorb_output(&dims, &o_lat, &self.kv_b_f32)?;
+        let mut o = absorb_output(&dims, &o_lat, &self.w_uv_t);
         ctx.store(&mut o);
         self.o.forward(&o)
     }
@@ -227,43 +222,6 @@ pub fn cache_entries(
     apply_rope(&mut entries, &k_layout, pos, ctx.rope, ctx.max_positions)?;
     ctx.store(&mut entries);
     Ok(entries)
-}
-
-/// Softmax attention of one absorbed query head over the first `len` entries of a sequence,
-/// two-pass in f32: `out = sum_s softmax(score)[s] * c_kv[s]`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q_lat: &[f32],
-    q_pe: &[f32],
-    cache: &[f32],
-    blocks: &[u32],
-    len: usize,
-    width: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let d_c = q_lat.len();
-    let entry = |p: usize| &cache[entry_index(blocks, p) * width..][..width];
-    let scores: Vec<f32> = (0..len)
-        .map(|p| {
-            let e = entry(p);
-            (dot(q_lat, &e[..d_c]) + dot(q_pe, &e[d_c..])) * scale
-        })
-        .collect();
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-    let sum: f32 = weights.iter().sum();
-    out.fill(0.0);
-    for (p, w) in weights.iter().enumerate() {
-        for (o, c) in out.iter_mut().zip(&entry(p)[..d_c]) {
-            *o += w * c;
-        }
-    }
-    out.iter_mut().for_each(|o| *o /= sum);
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 impl Mlp {

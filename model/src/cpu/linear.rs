@@ -19,6 +19,7 @@ use kernels::reference::{quantize_fp8, ScaleLayout};
 use crate::checkpoint::LinearWeight;
 use crate::error::{ModelError, Result};
 
+use super::skinny::matmul_nt_skinny;
 use super::Precision;
 
 /// One linear layer's weight in the form its precision multiplies.
@@ -96,6 +97,20 @@ impl Linear {
         }
     }
 
+    /// [`forward`](Self::forward) where every output row depends on its input row alone,
+    /// whatever the number of rows: the output heads use it, so a sequence's logits come out
+    /// the same bit for bit whether one row per sequence ([`LogitRows::Last`]) or every row
+    /// ([`LogitRows::All`], verify steps, `dsv3 logits`) is asked for.
+    ///
+    /// [`LogitRows::Last`]: crate::engine::LogitRows::Last
+    /// [`LogitRows::All`]: crate::engine::LogitRows::All
+    pub fn forward_row_invariant(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Linear::F32 { w, n, k } => Ok(matmul_nt_skinny(x, w, x.len() / k, *n, *k)),
+            Linear::Fp8(_) => self.forward(x),
+        }
+    }
+
     /// `y = x W^T` for `x` [rows, in_dim] row-major; returns [rows, out_dim].
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         let k = self.in_dim();
@@ -118,14 +133,26 @@ pub fn round_bf16(v: f32) -> f32 {
     bf16::from_f32(v).to_f32()
 }
 
-/// `y[rows, n] = x[rows, k] w[n, k]^T` in f32 with the `gemm` crate on all rayon threads.
+/// Up to this many rows, [`matmul_nt`] streams the weights once ([`matmul_nt_skinny`]); above,
+/// the `gemm` crate's blocked kernels win.
+pub const SKINNY_MAX_ROWS: usize = 16;
+
+/// `y[rows, n] = x[rows, k] w[n, k]^T` in f32 on all rayon threads: decode-sized inputs (up to
+/// [`SKINNY_MAX_ROWS`] rows) with [`matmul_nt_skinny`], whose rows do not depend on each other,
+/// larger ones with the `gemm` crate.
 pub fn matmul_nt(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
+    if rows <= SKINNY_MAX_ROWS {
+        return matmul_nt_skinny(x, w, rows, n, k);
+    }
     let mut y = vec![0.0f32; rows * n];
-    if rows == 0 || n == 0 {
+    if n == 0 {
         return y;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && rows * n * k >= 1 << 16 {
+    // Called from inside a parallel loop (the MoE's loop over experts), the loop already keeps
+    // every thread busy: splitting each small product again only adds synchronization.
+    let nested = rayon::current_thread_index().is_some();
+    let parallelism = if threads > 1 && !nested && rows * n * k >= 1 << 16 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None

@@ -4,9 +4,12 @@
 //! It keeps its own paged KV cache (`[num_blocks * 64, d_c + d_rope]` f32 per layer) whose
 //! block tables the engine manages, so the CPU and CUDA backends share one bookkeeping.
 
+pub mod attention;
 pub mod forward;
 pub mod linear;
 pub mod mtp;
+pub mod ordered;
+pub mod skinny;
 pub mod weights;
 
 use kernels::reference::RopeParams;
@@ -277,7 +280,7 @@ impl CpuModel {
 
     /// `logits = h_final lm_head^T` for `h` [rows, hidden]: [rows, vocab] f32.
     pub fn logits(&self, h: &[f32]) -> Result<Vec<f32>> {
-        self.lm_head.forward(h)
+        self.lm_head.forward_row_invariant(h)
     }
 }
 

@@ -94,7 +94,9 @@ impl CpuModel {
             LogitRows::All => x.clone(),
             LogitRows::Last => crate::engine::last_rows(&x, seqs, d),
         };
-        let logits = mtp.head.forward(&ctx.norm(&head_in, &mtp.head_norm)?)?;
+        let logits = mtp
+            .head
+            .forward_row_invariant(&ctx.norm(&head_in, &mtp.head_norm)?)?;
         Ok(MtpOutput { hidden: x, logits })
     }
 }

@@ -6,6 +6,8 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
+use super::attention::transpose_w_uv;
+use super::forward::mla_dims;
 use super::linear::Linear;
 use super::Precision;
 
@@ -58,6 +60,8 @@ pub struct Attention {
     pub kv_a: Linear,
     pub kv_a_norm: Vec<f32>,
     pub kv_b_f32: Vec<f32>,
+    /// W_UV[h] transposed per head, `[H, d_c, d_v]` (see [`transpose_w_uv`]).
+    pub w_uv_t: Vec<f32>,
     pub o: Linear,
 }
 
@@ -127,11 +131,13 @@ impl DecoderLayer {
             },
             None => QueryProj::Direct(linear(ckpt, &format!("{a}.q_proj.weight"), precision)?),
         };
+        let kv_b_f32 = ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32();
         let attention = Attention {
             q,
             kv_a: linear(ckpt, &format!("{a}.kv_a_proj_with_mqa.weight"), precision)?,
             kv_a_norm: vector(ckpt, &format!("{a}.kv_a_layernorm.weight"))?,
-            kv_b_f32: ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32(),
+            w_uv_t: transpose_w_uv(&mla_dims(cfg), &kv_b_f32),
+            kv_b_f32,
             o: linear(ckpt, &format!("{a}.o_proj.weight"), precision)?,
         };
         let m = format!("{p}.mlp");

@@ -1,0 +1,182 @@
+//! `y = x W^T` for few rows of `x` (decode steps, small experts): every weight row is read once
+//! and dotted with all rows of `x` while it is in registers, so the product runs at the speed
+//! the weights stream from memory. The `gemm` crate is made for many rows: below 16 rows (and
+//! above one, where it has a matrix-vector path) it reads `W^T` column-strided and reaches a
+//! fraction of the memory bandwidth.
+//!
+//! Every output element is one dot product in a fixed order that depends only on `k`: lane `l`
+//! of [`LANES`] sums the products of elements `l, l + LANES, ...` (product then add, not fused),
+//! the lanes are added in a fixed tree ([`finish`]), then the `k % LANES` remaining products in order. So a
+//! row's result does not depend on the other rows of the call, nor on the thread count.
+
+use rayon::prelude::*;
+
+/// Independent partial sums per dot product (two AVX2 vectors).
+const LANES: usize = 16;
+/// Rows of `x` dotted with one loaded weight chunk.
+const ROWS: usize = 4;
+/// Output columns per parallel task.
+const COLS_PER_TASK: usize = 64;
+
+/// `y[rows, n] = x[rows, k] w[n, k]^T`, the columns split over the rayon threads.
+pub fn matmul_nt_skinny(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(x.len() >= rows * k && w.len() >= n * k);
+    // Column blocks of y transposed ([n, rows]), so each task writes one contiguous chunk.
+    let mut yt = vec![0.0f32; n * rows];
+    let per_task = COLS_PER_TASK * rows;
+    if rows > 0 {
+        yt.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let j0 = b * COLS_PER_TASK;
+                let cols = out.len() / rows;
+                columns(x, &w[j0 * k..(j0 + cols) * k], rows, k, out);
+            });
+    }
+    let mut y = vec![0.0f32; rows * n];
+    for (j, col) in yt.chunks_exact(rows.max(1)).enumerate().take(n) {
+        for (i, &v) in col.iter().enumerate() {
+            y[i * n + j] = v;
+        }
+    }
+    y
+}
+
+/// `out[j * rows + i] = x_i . w_j` for the weight rows `w` (`[cols, k]`).
+fn columns(x: &[f32], w: &[f32], rows: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { columns_avx2(x, w, rows, k, out) };
+            return;
+        }
+    }
+    for (wj, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = dots(&[&x[i * k..][..k]], wj)[0];
+        }
+    }
+}
+
+/// [`columns`] with [`dots_avx2`], [`ROWS`] rows of `x` per loaded weight chunk. The row group
+/// is the outer loop: it stays in L1 while the task's weight rows (`COLS_PER_TASK` of them, in
+/// L2 after the first group) stream past it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn columns_avx2(x: &[f32], w: &[f32], rows: usize, k: usize, out: &mut [f32]) {
+    let mut i = 0;
+    while i + ROWS <= rows {
+        let xs: [&[f32]; ROWS] = std::array::from_fn(|r| &x[(i + r) * k..][..k]);
+        for (wj, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+            // SAFETY: this function runs only where AVX2 is present.
+            o[i..i + ROWS].copy_from_slice(&unsafe { dots_avx2(&xs, wj) });
+        }
+        i += ROWS;
+    }
+    while i < rows {
+        let xs = [&x[i * k..][..k]];
+        for (wj, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+            // SAFETY: as above.
+            o[i] = unsafe { dots_avx2(&xs, wj) }[0];
+        }
+        i += 1;
+    }
+}
+
+/// `xs[r] . w` for each `r`, in the order the module documents (the reference for
+/// [`dots_avx2`], and the path of CPUs without AVX2).
+fn dots<const R: usize>(xs: &[&[f32]; R], w: &[f32]) -> [f32; R] {
+    let k = w.len();
+    let full = k - k % LANES;
+    let mut acc = [[0.0f32; LANES]; R];
+    for c in (0..full).step_by(LANES) {
+        for (a, x) in acc.iter_mut().zip(xs) {
+            for l in 0..LANES {
+                a[l] += x[c + l] * w[c + l];
+            }
+        }
+    }
+    std::array::from_fn(|r| finish(&acc[r], xs[r], w, full))
+}
+
+/// [`dots`] with the lanes in two AVX2 registers: the same products and adds per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dots_avx2<const R: usize>(xs: &[&[f32]; R], w: &[f32]) -> [f32; R] {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let k = w.len();
+    let full = k - k % LANES;
+    for x in xs {
+        assert!(x.len() >= k);
+    }
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + LANES <= full <= k <= every slice's length (asserted above).
+        unsafe {
+            let w_lo = _mm256_loadu_ps(w.as_ptr().add(c));
+            let w_hi = _mm256_loadu_ps(w.as_ptr().add(c + 8));
+            for r in 0..R {
+                let x_lo = _mm256_loadu_ps(xs[r].as_ptr().add(c));
+                let x_hi = _mm256_loadu_ps(xs[r].as_ptr().add(c + 8));
+                lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(x_lo, w_lo));
+                hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(x_hi, w_hi));
+            }
+        }
+        c += LANES;
+    }
+    std::array::from_fn(|r| {
+        let mut a = [0.0f32; LANES];
+        // SAFETY: `a` holds 16 f32, two 8-lane stores.
+        unsafe {
+            _mm256_storeu_ps(a.as_mut_ptr(), lo[r]);
+            _mm256_storeu_ps(a.as_mut_ptr().add(8), hi[r]);
+        }
+        finish(&a, xs[r], w, full)
+    })
+}
+
+/// The lanes added in a fixed tree, then the products past the last full lane group in order.
+#[inline(always)]
+fn finish(a: &[f32; LANES], x: &[f32], w: &[f32], full: usize) -> f32 {
+    let mut h = [0.0f32; 8];
+    for (l, v) in h.iter_mut().enumerate() {
+        *v = a[l] + a[l + 8];
+    }
+    let mut s = ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
+    for c in full..w.len() {
+        s += x[c] * w[c];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_row_is_independent_of_the_others_and_close_to_f64() {
+        let (n, k) = (70, 37);
+        let x: Vec<f32> = (0..9 * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let all = matmul_nt_skinny(&x, &w, 9, n, k);
+        for r in 0..9 {
+            let alone = matmul_nt_skinny(&x[r * k..][..k], &w, 1, n, k);
+            for j in 0..n {
+                assert_eq!(
+                    all[r * n + j].to_bits(),
+                    alone[j].to_bits(),
+                    "row {r} col {j}"
+                );
+                let want: f64 = (0..k)
+                    .map(|c| f64::from(x[r * k + c]) * f64::from(w[j * k + c]))
+                    .sum();
+                assert!((f64::from(alone[j]) - want).abs() < 1e-5, "row {r} col {j}");
+            }
+        }
+    }
+}
