@@ -6,6 +6,9 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
+# FUZZ_SEED=N fixes libFuzzer's random seed (CI does, so a run can be repeated; the path a run
+# takes still depends on how many inputs fit in the time). Unset: a new seed each run.
+#
 # Builds fuzz/ (its own workspace) into target/fuzz, runs each target for SECONDS_PER_TARGET
 # (default 60) over a scratch copy of its committed seed corpus (fuzz/corpus/<target>), with a
 # per-input timeout and an RSS limit so that a hang or a huge allocation counts as a failure, and
@@ -51,13 +54,15 @@ for t in "${targets[@]}"; do
   cp fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
   dict=()
   [[ -f fuzz/dict/$t.dict ]] && dict=(-dict=fuzz/dict/$t.dict)
+  seed=()
+  [[ -n ${FUZZ_SEED:-} ]] && seed=(-seed="$FUZZ_SEED")
   log=$out/$t.log
   echo "=== fuzz $t for ${secs}s"
   set +e
   # -timeout: one input taking longer is a hang; -rss_limit_mb / -malloc_limit_mb: an
   # allocation sized by an unchecked field is a failure; -max_len bounds the inputs libFuzzer
   # makes up (seeds may be longer).
-  "$out/$host/release/$t" "$corpus" "${dict[@]}" \
+  "$out/$host/release/$t" "$corpus" "${dict[@]}" "${seed[@]}" \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
     -max_len=65536 -artifact_prefix="$artifacts" -print_final_stats=1 >"$log" 2>&1
   rc=$?
