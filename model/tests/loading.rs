@@ -53,6 +53,21 @@ fn open_err(dir: &TempDir) -> ModelError {
     Checkpoint::open(dir.path()).expect_err("the checkpoint should be rejected")
 }
 
+/// Asserts `e` is a dtype error about tensor `name`, expecting `expected` and finding `found`.
+fn assert_dtype_error(e: &ModelError, name: &str, expected: &str, found: &str) {
+    match e {
+        ModelError::TensorDtype {
+            name: n,
+            expected: x,
+            found: f,
+        } => assert_eq!(
+            (n.as_str(), x.as_str(), f.as_str()),
+            (name, expected, found)
+        ),
+        other => panic!("expected a dtype error about {name}, got {other}"),
+    }
+}
+
 /// Asserts `e` is a safetensors-structure error about `file`, and returns its detail.
 fn assert_safetensors_error(e: &ModelError, file: &Path) -> String {
     match e {
@@ -297,17 +312,7 @@ fn wrong_dtype_is_named() {
             };
         }),
     );
-    match open_err(&dir) {
-        ModelError::TensorDtype {
-            name,
-            expected,
-            found,
-        } => assert_eq!(
-            (name.as_str(), expected.as_str(), found.as_str()),
-            (gate, "F32, F16 or BF16", "U8")
-        ),
-        other => panic!("expected TensorDtype, got {other}"),
-    }
+    assert_dtype_error(&open_err(&dir), gate, "F32, F16 or BF16", "U8");
 
     // An FP8 weight stored as BF16 (no re-quantization) is caught too.
     let w = "model.layers.0.self_attn.o_proj.weight";
@@ -319,17 +324,7 @@ fn wrong_dtype_is_named() {
             *x = TensorData::bf16(w, x.shape.clone(), &vec![bf16::ZERO; n]);
         }),
     );
-    match open_err(&dir) {
-        ModelError::TensorDtype {
-            name,
-            expected,
-            found,
-        } => assert_eq!(
-            (name.as_str(), expected.as_str(), found.as_str()),
-            (w, "F8_E4M3", "BF16")
-        ),
-        other => panic!("expected TensorDtype, got {other}"),
-    }
+    assert_dtype_error(&open_err(&dir), w, "F8_E4M3", "BF16");
 }
 
 #[test]
@@ -538,20 +533,12 @@ fn fp8_weights_without_quantization_config_are_rejected() {
     rewrite_config(&dir, |v| {
         v.as_object_mut().unwrap().remove("quantization_config");
     });
-    match open_err(&dir) {
-        ModelError::TensorDtype {
-            name,
-            expected,
-            found,
-        } => {
-            assert_eq!(name, "model.layers.0.self_attn.q_a_proj.weight");
-            assert_eq!(
-                (expected.as_str(), found.as_str()),
-                ("F32, F16 or BF16", "F8_E4M3")
-            );
-        }
-        other => panic!("expected TensorDtype, got {other}"),
-    }
+    assert_dtype_error(
+        &open_err(&dir),
+        "model.layers.0.self_attn.q_a_proj.weight",
+        "F32, F16 or BF16",
+        "F8_E4M3",
+    );
 }
 
 #[test]
@@ -1096,15 +1083,5 @@ fn ue8m0_scales() {
             *x = stored_as(x, DType::F16);
         }),
     );
-    match open_err(&dir) {
-        ModelError::TensorDtype {
-            name,
-            expected,
-            found,
-        } => assert_eq!(
-            (name.as_str(), expected.as_str(), found.as_str()),
-            (scale, "F32 or BF16", "F16")
-        ),
-        other => panic!("expected TensorDtype, got {other}"),
-    }
+    assert_dtype_error(&open_err(&dir), scale, "F32 or BF16", "F16");
 }
