@@ -107,7 +107,7 @@ impl Linear {
     pub fn forward_row_invariant(&self, x: &[f32]) -> Result<Vec<f32>> {
         match self {
             Linear::F32 { w, n, k } => Ok(matmul_nt_skinny(x, w, x.len() / k, *n, *k)),
-            Linear::Fp8(_) => self.forward(x),
+            Linear::Fp8 { .. } => self.forward(x),
         }
     }
 
