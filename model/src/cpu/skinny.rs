@@ -15,6 +15,8 @@ use rayon::prelude::*;
 const LANES: usize = 16;
 /// Rows of `x` dotted with one loaded weight chunk.
 const ROWS: usize = 4;
+/// Weight rows dotted with one loaded chunk of each input row (AVX-512 path).
+const WROWS: usize = 4;
 /// Output columns per parallel task.
 const COLS_PER_TASK: usize = 64;
 
@@ -46,6 +48,12 @@ pub fn matmul_nt_skinny(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -
 fn columns(x: &[f32], w: &[f32], rows: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        #[cfg(dsv3_avx512)]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            unsafe { columns_avx512(x, w, rows, k, out) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
             unsafe { columns_avx2(x, w, rows, k, out) };
@@ -98,6 +106,105 @@ fn dots<const R: usize>(xs: &[&[f32]; R], w: &[f32]) -> [f32; R] {
         }
     }
     std::array::from_fn(|r| finish(&acc[r], xs[r], w, full))
+}
+
+/// [`columns`] with the 16 lanes in one AVX-512 register, register-blocked: [`WROWS`] weight
+/// rows x [`ROWS`] input rows per pass, so every loaded weight chunk serves several input rows
+/// and every loaded input chunk several weight rows. Each output element still gets exactly the
+/// products and adds of [`dots`], lane for lane.
+#[cfg(all(target_arch = "x86_64", dsv3_avx512))]
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_avx512(x: &[f32], w: &[f32], rows: usize, k: usize, out: &mut [f32]) {
+    let mut i = 0;
+    // SAFETY (all calls): this function runs only where AVX-512F is present.
+    while i + ROWS <= rows {
+        unsafe { row_group_avx512::<ROWS>(x, w, i, rows, k, out) };
+        i += ROWS;
+    }
+    match rows - i {
+        1 => unsafe { row_group_avx512::<1>(x, w, i, rows, k, out) },
+        2 => unsafe { row_group_avx512::<2>(x, w, i, rows, k, out) },
+        3 => unsafe { row_group_avx512::<3>(x, w, i, rows, k, out) },
+        _ => {}
+    }
+}
+
+/// Rows `i..i + R` of `x` against every weight row of `w`, into `out` (`[cols, rows]`).
+#[cfg(all(target_arch = "x86_64", dsv3_avx512))]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_group_avx512<const R: usize>(
+    x: &[f32],
+    w: &[f32],
+    i: usize,
+    rows: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(i + r) * k..][..k]);
+    let cols = out.len() / rows;
+    let mut j = 0;
+    while j + WROWS <= cols {
+        let ws: [&[f32]; WROWS] = std::array::from_fn(|c| &w[(j + c) * k..][..k]);
+        // SAFETY: this function runs only where AVX-512F is present.
+        let d = unsafe { dots_avx512::<R, WROWS>(&xs, &ws) };
+        for (c, dc) in d.iter().enumerate() {
+            out[(j + c) * rows + i..][..R].copy_from_slice(dc);
+        }
+        j += WROWS;
+    }
+    while j < cols {
+        // SAFETY: as above.
+        let d = unsafe { dots_avx512::<R, 1>(&xs, &[&w[j * k..][..k]]) };
+        out[j * rows + i..][..R].copy_from_slice(&d[0]);
+        j += 1;
+    }
+}
+
+/// `xs[r] . ws[c]` for every `r`, `c`: [`dots`] with the lanes in one AVX-512 register.
+#[cfg(all(target_arch = "x86_64", dsv3_avx512))]
+#[target_feature(enable = "avx512f")]
+// Compiled only where the compiler has the AVX-512 intrinsics (build.rs sets `dsv3_avx512`).
+#[allow(clippy::incompatible_msrv)]
+unsafe fn dots_avx512<const R: usize, const C: usize>(
+    xs: &[&[f32]; R],
+    ws: &[&[f32]; C],
+) -> [[f32; R]; C] {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    let k = ws[0].len();
+    let full = k - k % LANES;
+    for v in xs.iter().chain(ws) {
+        assert!(v.len() >= k);
+    }
+    let mut acc: [[__m512; R]; C] = [[_mm512_setzero_ps(); R]; C];
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + LANES <= full <= k <= every slice's length (asserted above).
+        unsafe {
+            let mut wv = [_mm512_setzero_ps(); C];
+            for j in 0..C {
+                wv[j] = _mm512_loadu_ps(ws[j].as_ptr().add(c));
+            }
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(xs[r].as_ptr().add(c));
+                for j in 0..C {
+                    acc[j][r] = _mm512_add_ps(acc[j][r], _mm512_mul_ps(xv, wv[j]));
+                }
+            }
+        }
+        c += LANES;
+    }
+    let mut res = [[0.0f32; R]; C];
+    for j in 0..C {
+        for r in 0..R {
+            let mut a = [0.0f32; LANES];
+            // SAFETY: `a` holds 16 f32, one 16-lane store.
+            unsafe { _mm512_storeu_ps(a.as_mut_ptr(), acc[j][r]) };
+            res[j][r] = finish(&a, xs[r], ws[j], full);
+        }
+    }
+    res
 }
 
 /// [`dots`] with the lanes in two AVX2 registers: the same products and adds per lane.
