@@ -13,8 +13,11 @@
 const MR: usize = 4;
 /// Columns of `c` per register tile (two AVX2 vectors).
 const NR: usize = 16;
-/// Rows of `c` per register tile with AVX-512 (32 zmm registers).
-const MR_512: usize = 6;
+/// Rows of `c` per register tile with AVX-512 (32 zmm registers: 16 accumulators).
+const MR_512: usize = 8;
+/// Rows per tile with AVX-512 where `c` is narrower than [`NR_512`] (one zmm per row: the
+/// attention scores over 16 heads).
+const MR_512_NARROW: usize = 16;
 /// Columns of `c` per register tile with AVX-512 (two zmm vectors).
 const NR_512: usize = 32;
 
@@ -72,7 +75,11 @@ unsafe fn matmul_avx512<'a>(
     b: &impl Fn(usize) -> &'a [f32],
     c: &mut [f32],
 ) {
-    matmul_portable::<MR_512, NR_512>(m, n, k, a, b, c);
+    if n < NR_512 {
+        matmul_portable::<MR_512_NARROW, NR>(m, n, k, a, b, c);
+    } else {
+        matmul_portable::<MR_512, NR_512>(m, n, k, a, b, c);
+    }
 }
 
 #[inline(always)]
@@ -89,6 +96,11 @@ fn matmul_portable<'a, const TR: usize, const TW: usize>(
         let rows: [&[f32]; TR] = std::array::from_fn(|r| &a(i + r)[..k]);
         row_block::<TR, TW>(&rows, n, k, b, &mut c[i * n..(i + TR) * n]);
         i += TR;
+    }
+    while TR > MR && i + MR <= m {
+        let rows: [&[f32]; MR] = std::array::from_fn(|r| &a(i + r)[..k]);
+        row_block::<MR, TW>(&rows, n, k, b, &mut c[i * n..(i + MR) * n]);
+        i += MR;
     }
     while i < m {
         let rows = [&a(i)[..k]];
@@ -184,6 +196,8 @@ mod tests {
             (17, 512, 64),
             (13, 80, 21),
             (7, 47, 5),
+            (37, 16, 40),
+            (21, 70, 9),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos() / 7.0).collect();
