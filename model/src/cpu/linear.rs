@@ -25,8 +25,16 @@ use super::Precision;
 /// One linear layer's weight in the form its precision multiplies.
 #[derive(Clone, Debug)]
 pub enum Linear {
-    /// Row-major f32 [n, k].
-    F32 { w: Vec<f32>, n: usize, k: usize },
+    /// Row-major f32 [n, k]; `bf16`: the same values as BF16 where every one of them is a BF16
+    /// value (a BF16 checkpoint), which the few-row products ([`matmul_nt_skinny`]) stream
+    /// instead: half the bytes, widened back to the same f32 values as they are loaded, so the
+    /// results are the same bits.
+    F32 {
+        w: Vec<f32>,
+        n: usize,
+        k: usize,
+        bf16: Option<Vec<bf16>>,
+    },
     /// Block-scaled FP8 (the checkpoint's codes and `weight_scale_inv`); `ue8m0`: activation
     /// scales rounded up to powers of two.
     Fp8 { w: Fp8Weights, ue8m0: bool },
@@ -50,18 +58,15 @@ impl Linear {
             }
             (w, _) => {
                 let (n, k) = w.dims();
-                Ok(Linear::F32 {
-                    w: w.to_f32(),
-                    n,
-                    k,
-                })
+                Ok(Linear::from_f32(w.to_f32(), n, k))
             }
         }
     }
 
     /// A non-FP8 tensor used as a linear weight (`lm_head`, the router gate), in f32.
     pub fn from_f32(w: Vec<f32>, n: usize, k: usize) -> Self {
-        Linear::F32 { w, n, k }
+        let bf16 = bf16_copy(&w);
+        Linear::F32 { w, n, k, bf16 }
     }
 
     /// Output features.
@@ -106,7 +111,13 @@ impl Linear {
     /// [`LogitRows::All`]: crate::engine::LogitRows::All
     pub fn forward_row_invariant(&self, x: &[f32]) -> Result<Vec<f32>> {
         match self {
-            Linear::F32 { w, n, k } => Ok(matmul_nt_skinny(x, w, x.len() / k, *n, *k)),
+            Linear::F32 {
+                bf16: Some(wb),
+                n,
+                k,
+                ..
+            } => Ok(matmul_nt_skinny(x, wb, x.len() / k, *n, *k)),
+            Linear::F32 { w, n, k, .. } => Ok(matmul_nt_skinny(x, w, x.len() / k, *n, *k)),
             Linear::Fp8 { .. } => self.forward(x),
         }
     }
@@ -117,7 +128,13 @@ impl Linear {
         debug_assert_eq!(x.len() % k, 0);
         let rows = x.len() / k;
         match self {
-            Linear::F32 { w, n, k } => Ok(matmul_nt(x, w, rows, *n, *k)),
+            Linear::F32 {
+                bf16: Some(wb),
+                n,
+                k,
+                ..
+            } if rows <= SKINNY_MAX_ROWS => Ok(matmul_nt_skinny(x, wb, rows, *n, *k)),
+            Linear::F32 { w, n, k, .. } => Ok(matmul_nt(x, w, rows, *n, *k)),
             Linear::Fp8 { w, ue8m0 } => {
                 let a = quantize_fp8(x, w.k, *ue8m0, ScaleLayout::TokenMajor)?;
                 let y = gemm_nt_f32(&a, w)?;
@@ -126,6 +143,15 @@ impl Linear {
             }
         }
     }
+}
+
+/// `w` as BF16 when every value is exactly a BF16 value (the low 16 bits zero), else `None`.
+fn bf16_copy(w: &[f32]) -> Option<Vec<bf16>> {
+    w.iter().all(|v| v.to_bits() & 0xffff == 0).then(|| {
+        w.iter()
+            .map(|v| bf16::from_bits((v.to_bits() >> 16) as u16))
+            .collect()
+    })
 }
 
 /// Rounds an f32 to the nearest BF16 value (returned as f32).
