@@ -8,7 +8,7 @@ seeded, BF16 weights), then times on this machine with the same thread count:
   at batch 1 and batch `--batch`;
 - `dsv3 bench --precision exact` (and `fp8`) at the same shapes.
 
-Every figure is the median of `--reps` repetitions (after one warm-up). Writes results.json and
+Every figure is the median of `--reps` repetitions (after one warm-up). Writes comparison.json and
 REPORT.md into `--out`. Run with the venv that has torch + transformers:
 
     /tmp/hfvenv/bin/python scripts/bench_cpu_vs_transformers.py \
@@ -304,9 +304,9 @@ def main():
         notes=args.note,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(args.out, results)
-    print(f"wrote {args.out}/results.json and REPORT.md")
+    print(f"wrote {args.out}/comparison.json and REPORT.md")
 
 
 if __name__ == "__main__":
