@@ -457,7 +457,7 @@ extern "C" __global__ void __launch_bounds__(kGemmThreads)
 extern "C" __global__ void __launch_bounds__(256)
     expert_counts_i32(const int* __restrict__ ids, long n, int num_experts, int* __restrict__ counts,
                       int* status) {
-  extern __shared__ int hist[];
+  DSV3_DYNAMIC_SMEM(int, hist);
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
   __syncthreads();
   const long stride = static_cast<long>(gridDim.x) * blockDim.x;
