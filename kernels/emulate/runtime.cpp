@@ -3,12 +3,16 @@
 // out-of-bounds access into an error naming the kernel, block, thread and buffer.
 #include "dsv3/emu/runtime.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -288,6 +292,29 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   __builtin_unreachable();
 }
 
+// The watchdog: a launch that runs longer than DSV3_EMU_TIMEOUT_S (default 600) seconds is
+// interrupted with a signal, and a thread caught inside a kernel ends the launch with an error.
+// This is what turns a kernel that spins forever without reaching a wait point (a loop on a
+// flag another thread should set, say) into an error instead of a hang.
+const int kWatchdogSignal = SIGRTMIN + 3;
+
+void on_watchdog(int, siginfo_t*, void*) {
+  Runner* r = t_runner;
+  if (r == nullptr || !r->in_fiber) return;  // between fibers: the scheduler checks the flag
+  r->failed = true;
+  r->error = format("kernel %s, %s, %s: still running after the interpreter's time limit "
+                    "(DSV3_EMU_TIMEOUT_S); a loop that never reaches a wait point?",
+                    r->kernel, block_name(*r).c_str(), thread_name(*r, r->current).c_str());
+  to_scheduler(*r);
+  __builtin_unreachable();
+}
+
+double timeout_seconds() {
+  const char* env = getenv("DSV3_EMU_TIMEOUT_S");
+  const double v = env != nullptr ? strtod(env, nullptr) : 0.0;
+  return v > 0.0 ? v : 600.0;
+}
+
 void install_fault_handlers() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -298,6 +325,12 @@ void install_fault_handlers() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &g_old_segv);
     sigaction(SIGBUS, &sa, &g_old_bus);
+    struct sigaction wd;
+    memset(&wd, 0, sizeof wd);
+    wd.sa_sigaction = &on_watchdog;
+    wd.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&wd.sa_mask);
+    sigaction(kWatchdogSignal, &wd, nullptr);
   });
   // The handler needs a stack of its own when a fiber overflows its stack. Rust gives the
   // threads it starts one; add one where there is none.
@@ -549,14 +582,39 @@ extern "C" int dsv3_emu_launch(const char* kernel_name, dsv3_emu_invoke_fn invok
   LaunchShared shared;
   const uint64_t total = static_cast<uint64_t>(g.x) * g.y * g.z;
   const uint32_t workers = worker_count(total);
+  install_fault_handlers();
+  std::vector<pthread_t> runners{pthread_self()};
+  std::mutex runners_mutex;
   std::vector<std::thread> pool;
   for (uint32_t w = 1; w < workers; ++w) {
     pool.emplace_back([&, w] {
+      {
+        std::lock_guard<std::mutex> lock(runners_mutex);
+        runners.push_back(pthread_self());
+      }
       run_blocks(kernel_name, invoke, g, b, dynamic_smem_bytes, args, w, workers, shared);
+      std::lock_guard<std::mutex> lock(runners_mutex);  // no signal to a thread that is gone
+      runners.erase(std::find(runners.begin(), runners.end(), pthread_self()));
     });
   }
+  std::mutex done_mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(done_mutex);
+    const auto limit = std::chrono::duration<double>(timeout_seconds());
+    if (done_cv.wait_for(lock, limit, [&] { return done; })) return;
+    std::lock_guard<std::mutex> rl(runners_mutex);
+    for (pthread_t t : runners) pthread_kill(t, kWatchdogSignal);
+  });
   run_blocks(kernel_name, invoke, g, b, dynamic_smem_bytes, args, 0, workers, shared);
   for (auto& t : pool) t.join();
+  {
+    std::lock_guard<std::mutex> lock(done_mutex);
+    done = true;
+  }
+  done_cv.notify_all();
+  watchdog.join();
   if (shared.failed.load()) {
     write_error(shared.error, err, err_cap);
     return 1;

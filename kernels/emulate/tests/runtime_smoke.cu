@@ -71,6 +71,12 @@ extern "C" __global__ void early_exit_barrier(int* out) {
   out[threadIdx.x] = 1;
 }
 
+extern "C" __global__ void spins_forever(int* flag) {
+  // Waits for a flag nobody sets, without any wait point the scheduler could switch at.
+  while (*reinterpret_cast<volatile int*>(flag) == 0) {
+  }
+}
+
 namespace {
 
 template <class... A, size_t... I>
@@ -176,6 +182,15 @@ int main() {
     void* args2[] = {&y, &o, const_cast<int*>(&m)};
     expect(launch("block_sum", INVOKER(block_sum), 3, 128, 0, args2, &err) == 0,
            "a launch after a fault still runs " + err);
+  }
+  {
+    setenv("DSV3_EMU_TIMEOUT_S", "1", 1);
+    int* flag = alloc<int>(1);
+    void* args[] = {&flag};
+    const int rc = launch("spins_forever", INVOKER(spins_forever), 1, 32, 0, args, &err);
+    expect(rc != 0 && err.find("time limit") != std::string::npos,
+           "an endless loop ends at the time limit:\n" + err);
+    unsetenv("DSV3_EMU_TIMEOUT_S");
   }
   printf("%s\n", failures == 0 ? "all passed" : "FAILED");
   return failures == 0 ? 0 : 1;
