@@ -108,6 +108,13 @@ inline TmaBox tma_decode(const void* tmap, uint32_t rank, const int32_t* coord, 
   if (sw != 0 && inner > sw) {
     fail(msgf("%s: inner box row of %u bytes exceeds the %u-byte swizzle span", what, inner, sw));
   }
+  // cuTensorMapEncodeTiled: a 16-byte aligned global address and strides multiple of 16 bytes.
+  if (m.global_address % 16 != 0) fail(msgf("%s: global address 0x%llx not 16-byte aligned", what, (unsigned long long)m.global_address));
+  for (uint32_t d = 1; d < rank; ++d) {
+    if (m.strides_bytes[d] % 16 != 0) {
+      fail(msgf("%s: global stride of dim %u (%llu bytes) not a multiple of 16", what, d, (unsigned long long)m.strides_bytes[d]));
+    }
+  }
   b.rank = rank;
   b.box_bytes = static_cast<uint32_t>(n);
   for (uint32_t d = 0; d < 3; ++d) b.coord[d] = d < rank ? coord[d] : 0;
