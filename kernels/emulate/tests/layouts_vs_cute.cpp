@@ -75,12 +75,14 @@ struct Group {
 };
 
 // Runs f, which must fail (fake::Failure) with a message containing `needle`.
-static void expect_failure(Group& g, const char* what, const char* needle, const std::function<void()>& f) {
+static void expect_failure(Group& g, const char* what, const char* needle,
+                           const std::function<void()>& f) {
   try {
     f();
     g.expect(false, "%s: no failure reported", what);
   } catch (const fake::Failure& e) {
-    g.expect(strstr(e.what(), needle) != nullptr, "%s: message \"%s\" lacks \"%s\"", what, e.what(), needle);
+    g.expect(strstr(e.what(), needle) != nullptr, "%s: message \"%s\" lacks \"%s\"", what, e.what(),
+             needle);
   }
 }
 
@@ -106,19 +108,49 @@ static uint32_t smem_off(Ptr p) {
 }
 
 // GMMA smem layout atoms by swizzle width in bytes (0 = INTERLEAVE, no swizzle).
-template <class T, int Sw> struct KAtom;
-template <class T> struct KAtom<T, 0> { using type = gmma::Layout_K_INTER_Atom<T>; };
-template <class T> struct KAtom<T, 32> { using type = gmma::Layout_K_SW32_Atom<T>; };
-template <class T> struct KAtom<T, 64> { using type = gmma::Layout_K_SW64_Atom<T>; };
-template <class T> struct KAtom<T, 128> { using type = gmma::Layout_K_SW128_Atom<T>; };
-template <class T, int Sw> struct MNAtom;
-template <class T> struct MNAtom<T, 0> { using type = gmma::Layout_MN_INTER_Atom<T>; };
-template <class T> struct MNAtom<T, 32> { using type = gmma::Layout_MN_SW32_Atom<T>; };
-template <class T> struct MNAtom<T, 64> { using type = gmma::Layout_MN_SW64_Atom<T>; };
-template <class T> struct MNAtom<T, 128> { using type = gmma::Layout_MN_SW128_Atom<T>; };
+template <class T, int Sw>
+struct KAtom;
+template <class T>
+struct KAtom<T, 0> {
+  using type = gmma::Layout_K_INTER_Atom<T>;
+};
+template <class T>
+struct KAtom<T, 32> {
+  using type = gmma::Layout_K_SW32_Atom<T>;
+};
+template <class T>
+struct KAtom<T, 64> {
+  using type = gmma::Layout_K_SW64_Atom<T>;
+};
+template <class T>
+struct KAtom<T, 128> {
+  using type = gmma::Layout_K_SW128_Atom<T>;
+};
+template <class T, int Sw>
+struct MNAtom;
+template <class T>
+struct MNAtom<T, 0> {
+  using type = gmma::Layout_MN_INTER_Atom<T>;
+};
+template <class T>
+struct MNAtom<T, 32> {
+  using type = gmma::Layout_MN_SW32_Atom<T>;
+};
+template <class T>
+struct MNAtom<T, 64> {
+  using type = gmma::Layout_MN_SW64_Atom<T>;
+};
+template <class T>
+struct MNAtom<T, 128> {
+  using type = gmma::Layout_MN_SW128_Atom<T>;
+};
 
-template <class T> constexpr const char* type_name() { return sizeof(T) == 2 ? "bf16" : "e4m3"; }
-template <class T> constexpr emu::GmmaType gmma_type() {
+template <class T>
+constexpr const char* type_name() {
+  return sizeof(T) == 2 ? "bf16" : "e4m3";
+}
+template <class T>
+constexpr emu::GmmaType gmma_type() {
   return sizeof(T) == 2 ? emu::GmmaType::kBf16 : emu::GmmaType::kE4m3;
 }
 
@@ -144,11 +176,11 @@ static void check_acc_layout(Group& emu_g, Group& helper_g) {
       const int idx = CL{}(t, i);  // column-major 64 x N
       const int m = idx % 64, n = idx / 64;
       const emu::AccCoord c = emu::wgmma_acc_coord(t, i);
-      emu_g.expect(int(c.row) == m && int(c.col) == n, "N=%d t=%d i=%d: emu (%u,%u) cute (%d,%d)", N, t, i,
-                   c.row, c.col, m, n);
+      emu_g.expect(int(c.row) == m && int(c.col) == n, "N=%d t=%d i=%d: emu (%u,%u) cute (%d,%d)",
+                   N, t, i, c.row, c.col, m, n);
       helper_g.expect(dsv3::wgmma_acc_row(t, i) == m && dsv3::wgmma_acc_col(t, i) == n,
-                      "N=%d t=%d i=%d: hopper.cuh (%d,%d) cute (%d,%d)", N, t, i, dsv3::wgmma_acc_row(t, i),
-                      dsv3::wgmma_acc_col(t, i), m, n);
+                      "N=%d t=%d i=%d: hopper.cuh (%d,%d) cute (%d,%d)", N, t, i,
+                      dsv3::wgmma_acc_row(t, i), dsv3::wgmma_acc_col(t, i), m, n);
     }
   }
 }
@@ -160,8 +192,9 @@ static void check_acc_layouts(std::integer_sequence<int, Ns...>) {
   (check_acc_layout<(Ns + 1) * 8>(e, h), ...);
 }
 
-// ---- (b) descriptor decode + operand addressing vs CuTe's GMMA atoms and make_gmma_desc ----------
-// K-major: A (MN = 64) and B (MN = N); tile K = 128 bytes of K, walked in instruction-K steps.
+// ---- (b) descriptor decode + operand addressing vs CuTe's GMMA atoms and make_gmma_desc
+// ---------- K-major: A (MN = 64) and B (MN = N); tile K = 128 bytes of K, walked in instruction-K
+// steps.
 template <class T, int Sw, int MN>
 static void check_k_major(Group& g) {
   constexpr int eb = sizeof(T), kinst = 32 / eb, KT = 128 / eb;
@@ -170,14 +203,15 @@ static void check_k_major(Group& g) {
     auto sub = local_tile(tile, Shape<Int<MN>, Int<kinst>>{}, make_coord(0, kb));
     const uint64_t desc = gmma::make_gmma_desc<gmma::Major::K>(sub).desc_;
     const emu::GmmaDesc d = emu::decode_gmma_desc(desc);
-    g.expect(d.swizzle_bytes == uint32_t(Sw) && d.base_offset == 0, "%s sw%d MN=%d: decoded swizzle %u base %u",
-             type_name<T>(), Sw, MN, d.swizzle_bytes, d.base_offset);
+    g.expect(d.swizzle_bytes == uint32_t(Sw) && d.base_offset == 0,
+             "%s sw%d MN=%d: decoded swizzle %u base %u", type_name<T>(), Sw, MN, d.swizzle_bytes,
+             d.base_offset);
     for (int mn = 0; mn < MN; ++mn) {
       for (int k = 0; k < kinst; ++k) {
         const uint32_t want = smem_off(raw_pointer_cast(&sub(mn, k)));
         const uint32_t got = emu::gmma_k_major_addr(d, eb, mn, k);
-        g.expect(got == want, "%s K-major sw%d MN=%d kb=%d (%d,%d): emu 0x%x cute 0x%x", type_name<T>(), Sw, MN,
-                 kb, mn, k, got, want);
+        g.expect(got == want, "%s K-major sw%d MN=%d kb=%d (%d,%d): emu 0x%x cute 0x%x",
+                 type_name<T>(), Sw, MN, kb, mn, k, got, want);
       }
     }
   }
@@ -195,8 +229,8 @@ static void check_mn_major(Group& g) {
       for (int k = 0; k < kinst; ++k) {
         const uint32_t want = smem_off(raw_pointer_cast(&sub(mn, k)));
         const uint32_t got = emu::gmma_mn_major_addr(d, eb, mn, k);
-        g.expect(got == want, "%s MN-major sw%d%s MN=%d kb=%d (%d,%d): emu 0x%x cute 0x%x", type_name<T>(), Sw,
-                 KFirst ? " k-first" : "", MN, kb, mn, k, got, want);
+        g.expect(got == want, "%s MN-major sw%d%s MN=%d kb=%d (%d,%d): emu 0x%x cute 0x%x",
+                 type_name<T>(), Sw, KFirst ? " k-first" : "", MN, kb, mn, k, got, want);
       }
     }
   }
@@ -240,7 +274,8 @@ static void check_descriptors() {
     check_k_major_all<cute::float_e4m3_t, 0>(g);
   }
   {
-    Group g("(b) MN-major bf16 operand address (emu descriptor decode) == CuTe atom + make_gmma_desc");
+    Group g(
+        "(b) MN-major bf16 operand address (emu descriptor decode) == CuTe atom + make_gmma_desc");
     check_mn_major_all<128, false>(g);
     check_mn_major_all<128, true>(g);
     check_mn_major_all<64, false>(g);
@@ -262,24 +297,26 @@ static void check_descriptors() {
       const uint64_t c16 = gmma::make_gmma_desc<gmma::Major::K>(s16).desc_;
       const uint64_t c8 = gmma::make_gmma_desc<gmma::Major::K>(s8).desc_;
       const uint64_t h16 = dsv3::make_smem_desc_k_sw128(kTileA + kb * 32);
-      g.expect(h16 == c16, "K sw128 bf16 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb, (unsigned long long)h16,
-               (unsigned long long)c16);
-      g.expect(h16 == c8, "K sw128 e4m3 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb, (unsigned long long)h16,
-               (unsigned long long)c8);
+      g.expect(h16 == c16, "K sw128 bf16 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb,
+               (unsigned long long)h16, (unsigned long long)c16);
+      g.expect(h16 == c8, "K sw128 e4m3 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb,
+               (unsigned long long)h16, (unsigned long long)c8);
     }
-    auto b = cute_tile<cute::bfloat16_t, MNAtom<cute::bfloat16_t, 128>::type, 128, 64, true>(kTileB);
+    auto b =
+        cute_tile<cute::bfloat16_t, MNAtom<cute::bfloat16_t, 128>::type, 128, 64, true>(kTileB);
     for (int kb = 0; kb < 4; ++kb) {
       auto s = local_tile(b, Shape<_128, _16>{}, make_coord(0, kb));
       const uint64_t c = gmma::make_gmma_desc<gmma::Major::MN>(s).desc_;
       // 64-wide MN blocks of 64 K rows x 128 bytes: 8 KiB apart; k16 = 2048 bytes.
       const uint64_t h = dsv3::make_smem_desc_mn_sw128(kTileB + kb * 2048, 64 * 128);
-      g.expect(h == c, "MN sw128 bf16 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb, (unsigned long long)h,
-               (unsigned long long)c);
+      g.expect(h == c, "MN sw128 bf16 kb=%d: hopper.cuh 0x%016llx cute 0x%016llx", kb,
+               (unsigned long long)h, (unsigned long long)c);
     }
   }
 }
 
-// ---- (c) swizzle functors ------------------------------------------------------------------------
+// ---- (c) swizzle functors
+// ------------------------------------------------------------------------
 static void check_swizzles() {
   Group g("(c) emu swizzle_addr(a, 32/64/128) == CuTe Swizzle<1|2|3,4,3> on byte addresses");
   Group h("(c') hopper.cuh swizzle_128b / swizzle_128b_offset == CuTe Swizzle<3,4,3>");
@@ -292,30 +329,35 @@ static void check_swizzles() {
   }
   for (uint32_t r = 0; r < 256; ++r) {
     for (uint32_t b = 0; b < 128; ++b) {
-      h.expect(dsv3::swizzle_128b(r, b) == uint32_t(Swizzle<3, 4, 3>{}(r * 128 + b)), "row %u byte %u", r, b);
+      h.expect(dsv3::swizzle_128b(r, b) == uint32_t(Swizzle<3, 4, 3>{}(r * 128 + b)),
+               "row %u byte %u", r, b);
     }
   }
 }
 
-// ---- element conversions vs cutlass' own types ------------------------------------------------------
+// ---- element conversions vs cutlass' own types
+// ------------------------------------------------------
 static void check_conversions() {
   Group g("emu e4m3 / bf16 decoding == cutlass::float_e4m3_t / bfloat16_t");
   for (int v = 0; v < 256; ++v) {
     const float want = float(cutlass::float_e4m3_t::bitcast(uint8_t(v)));
     const float got = emu::e4m3_bits_to_float(uint8_t(v));
-    g.expect((std::isnan(want) && std::isnan(got)) || want == got, "e4m3 0x%02x: emu %g cutlass %g", v, got, want);
+    g.expect((std::isnan(want) && std::isnan(got)) || want == got, "e4m3 0x%02x: emu %g cutlass %g",
+             v, got, want);
   }
   for (int v = 0; v < 65536; v += 7) {
     const float want = float(cutlass::bfloat16_t::bitcast(uint16_t(v)));
     const float got = emu::bf16_bits_to_float(uint16_t(v));
-    g.expect((std::isnan(want) && std::isnan(got)) || want == got, "bf16 0x%04x: emu %g cutlass %g", v, got, want);
+    g.expect((std::isnan(want) && std::isnan(got)) || want == got, "bf16 0x%04x: emu %g cutlass %g",
+             v, got, want);
   }
 }
 
-// ---- (d) functional wgmma --------------------------------------------------------------------------
-// A (64 x KT) and B (N x KT) get small integers (exact in bf16 / e4m3 and in f32 sums), written
-// through CuTe's tensors; each of the 128 threads runs the emulated wgmma chain over the K steps
-// and its fragment is compared, through CuTe's CLayout_64xN, with a plain loop.
+// ---- (d) functional wgmma
+// -------------------------------------------------------------------------- A (64 x KT) and B (N x
+// KT) get small integers (exact in bf16 / e4m3 and in f32 sums), written through CuTe's tensors;
+// each of the 128 threads runs the emulated wgmma chain over the K steps and its fragment is
+// compared, through CuTe's CLayout_64xN, with a plain loop.
 template <class T, int Sw, int N, bool TransB, bool KFirst = false>
 static void check_wgmma(Group& g, std::mt19937& rng) {
   reset_arena();
@@ -337,9 +379,13 @@ static void check_wgmma(Group& g, std::mt19937& rng) {
     for (int k = 0; k < KT; ++k) sb(n, k) = T(b[n * KT + k] = float(dist(rng)));
   std::vector<uint64_t> da, db;
   for (int kb = 0; kb < KT / kinst; ++kb) {
-    da.push_back(gmma::make_gmma_desc<gmma::Major::K>(local_tile(sa, Shape<_64, Int<kinst>>{}, make_coord(0, kb))).desc_);
+    da.push_back(gmma::make_gmma_desc<gmma::Major::K>(
+                     local_tile(sa, Shape<_64, Int<kinst>>{}, make_coord(0, kb)))
+                     .desc_);
     constexpr auto major = TransB ? gmma::Major::MN : gmma::Major::K;
-    db.push_back(gmma::make_gmma_desc<major>(local_tile(sb, Shape<Int<N>, Int<kinst>>{}, make_coord(0, kb))).desc_);
+    db.push_back(
+        gmma::make_gmma_desc<major>(local_tile(sb, Shape<Int<N>, Int<kinst>>{}, make_coord(0, kb)))
+            .desc_);
   }
   using CL = gmma::CLayout_64xN<N>;
   for (int t = 0; t < 128; ++t) {
@@ -350,21 +396,24 @@ static void check_wgmma(Group& g, std::mt19937& rng) {
       emu::wgmma_issue(d, N, gmma_type<T>(), TransB, da[kb], db[kb], kb > 0);
     }
     emu::wgmma_commit_group();
-    g.expect(d[0] == 12345.0f, "%s N=%d t=%d: accumulator changed before wgmma.wait_group", type_name<T>(), N, t);
+    g.expect(d[0] == 12345.0f, "%s N=%d t=%d: accumulator changed before wgmma.wait_group",
+             type_name<T>(), N, t);
     emu::wgmma_wait_group(0);
     for (int i = 0; i < N / 2; ++i) {
       const int idx = CL{}(t, i), m = idx % 64, n = idx / 64;
       float want = 0;
       for (int k = 0; k < KT; ++k) want += a[m * KT + k] * b[n * KT + k];
-      g.expect(d[i] == want, "%s sw%d N=%d%s t=%d i=%d (m=%d n=%d): emu %g want %g", type_name<T>(), Sw, N,
-               TransB ? " transB" : "", t, i, m, n, d[i], want);
+      g.expect(d[i] == want, "%s sw%d N=%d%s t=%d i=%d (m=%d n=%d): emu %g want %g", type_name<T>(),
+               Sw, N, TransB ? " transB" : "", t, i, m, n, d[i], want);
     }
   }
 }
 
 static void check_wgmma_all() {
   std::mt19937 rng(14);
-  Group g("(d) emulated wgmma (bf16/e4m3, K-/MN-major, all swizzles) on CuTe-laid operands == plain loop");
+  Group g(
+      "(d) emulated wgmma (bf16/e4m3, K-/MN-major, all swizzles) on CuTe-laid operands == plain "
+      "loop");
   using bf = cute::bfloat16_t;
   using e8 = cute::float_e4m3_t;
   check_wgmma<bf, 128, 16, false>(g, rng);
@@ -383,10 +432,12 @@ static void check_wgmma_all() {
   check_wgmma<e8, 0, 16, false>(g, rng);
 }
 
-// ---- (e) mma.sync m16n8k16 fragments vs CuTe's SM80 traits, and functionally ---------------------
+// ---- (e) mma.sync m16n8k16 fragments vs CuTe's SM80 traits, and functionally
+// ---------------------
 static void check_mma_sync() {
   using Tr = MMA_Traits<SM80_16x8x16_F32BF16BF16F32_TN>;
-  Group g("(e) mma.sync m16n8k16 A/B/C fragments == CuTe MMA_Traits<SM80_16x8x16_F32BF16BF16F32_TN>");
+  Group g(
+      "(e) mma.sync m16n8k16 A/B/C fragments == CuTe MMA_Traits<SM80_16x8x16_F32BF16BF16F32_TN>");
   for (int l = 0; l < 32; ++l) {
     for (int v = 0; v < 8; ++v) {
       const int idx = typename Tr::ALayout{}(l, v);  // (M16, K16), column-major
@@ -435,8 +486,10 @@ static void check_mma_sync() {
   }
 }
 
-// ---- (f) TMA: layout == CuTe's GMMA atoms, OOB zero fill, tx count, store skips OOB ---------------
-static emu::EmuTensorMap make_map(const void* base, uint32_t eb, uint32_t sw, std::initializer_list<uint64_t> dims,
+// ---- (f) TMA: layout == CuTe's GMMA atoms, OOB zero fill, tx count, store skips OOB
+// ---------------
+static emu::EmuTensorMap make_map(const void* base, uint32_t eb, uint32_t sw,
+                                  std::initializer_list<uint64_t> dims,
                                   std::initializer_list<uint32_t> box) {
   emu::EmuTensorMap m{};
   m.magic = emu::kTensorMapMagic;
@@ -460,9 +513,11 @@ static emu::EmuTensorMap make_map(const void* base, uint32_t eb, uint32_t sw, st
 // Loads the ROWS x COLS bf16 box at (c0, c1) of a rows x cols matrix through the emulated TMA and
 // checks every element through CuTe's K-major GMMA atom of the same swizzle.
 template <int Sw, int ROWS, int COLS>
-static void check_tma_2d(Group& g, const std::vector<uint16_t>& src, int rows, int cols, int c0, int c1) {
+static void check_tma_2d(Group& g, const std::vector<uint16_t>& src, int rows, int cols, int c0,
+                         int c1) {
   reset_arena();
-  const emu::EmuTensorMap map = make_map(src.data(), 2, Sw, {uint64_t(cols), uint64_t(rows)}, {COLS, ROWS});
+  const emu::EmuTensorMap map =
+      make_map(src.data(), 2, Sw, {uint64_t(cols), uint64_t(rows)}, {COLS, ROWS});
   uint64_t* bar = reinterpret_cast<uint64_t*>(g_static_smem);
   emu::mbar_init(bar, 1);
   emu::mbar_arrive_expect_tx(bar, ROWS * COLS * 2);
@@ -476,7 +531,8 @@ static void check_tma_2d(Group& g, const std::vector<uint16_t>& src, int rows, i
       return make_tensor(make_smem_ptr(reinterpret_cast<cute::bfloat16_t*>(g_smem + kTileA)),
                          make_layout(Shape<Int<ROWS>, Int<COLS>>{}, LayoutRight{}));
     } else {
-      return cute_tile<cute::bfloat16_t, typename KAtom<cute::bfloat16_t, Sw>::type, ROWS, COLS>(kTileA);
+      return cute_tile<cute::bfloat16_t, typename KAtom<cute::bfloat16_t, Sw>::type, ROWS, COLS>(
+          kTileA);
     }
   }();
   for (int r = 0; r < ROWS; ++r) {
@@ -485,7 +541,8 @@ static void check_tma_2d(Group& g, const std::vector<uint16_t>& src, int rows, i
       const bool in = gr >= 0 && gr < rows && gc >= 0 && gc < cols;
       const uint16_t want = in ? src[size_t(gr) * cols + gc] : 0;
       const uint16_t got = tile(r, c).raw();
-      g.expect(got == want, "sw%d box at (%d,%d) elem (%d,%d): smem 0x%04x want 0x%04x", Sw, c0, c1, r, c, got, want);
+      g.expect(got == want, "sw%d box at (%d,%d) elem (%d,%d): smem 0x%04x want 0x%04x", Sw, c0, c1,
+               r, c, got, want);
     }
   }
   emu::mbar_inval(bar);
@@ -510,7 +567,8 @@ static void check_tma() {
     const int d0 = 40, d1 = 6, d2 = 3;
     std::vector<uint16_t> s3(size_t(d0) * d1 * d2);
     for (size_t i = 0; i < s3.size(); ++i) s3[i] = uint16_t(i + 1);
-    const emu::EmuTensorMap map = make_map(s3.data(), 2, 0, {uint64_t(d0), uint64_t(d1), uint64_t(d2)}, {16, 4, 2});
+    const emu::EmuTensorMap map =
+        make_map(s3.data(), 2, 0, {uint64_t(d0), uint64_t(d1), uint64_t(d2)}, {16, 4, 2});
     uint64_t* bar = reinterpret_cast<uint64_t*>(g_smem + 64);
     for (auto c : {std::array<int32_t, 3>{32, 4, 2}, {-8, -1, -1}, {0, 0, 0}}) {
       memset(g_smem + kTileA, 0xAB, 16 * 4 * 2 * 2);
@@ -526,21 +584,24 @@ static void check_tma() {
             const bool in = x >= 0 && x < d0 && y >= 0 && y < d1 && z >= 0 && z < d2;
             const uint16_t want = in ? s3[(size_t(z) * d1 + y) * d0 + x] : 0;
             const uint16_t got = t[(i2 * 4 + i1) * 16 + i0];
-            g.expect(got == want, "3d at (%d,%d,%d) elem (%d,%d,%d): 0x%04x want 0x%04x", c[0], c[1], c[2], i0, i1, i2,
-                     got, want);
+            g.expect(got == want, "3d at (%d,%d,%d) elem (%d,%d,%d): 0x%04x want 0x%04x", c[0],
+                     c[1], c[2], i0, i1, i2, got, want);
           }
       emu::mbar_inval(bar);
     }
   }
   {
-    Group g("(f) emulated TMA 2D store (128B swizzle): in-bounds elements only, read through the swizzle");
+    Group g(
+        "(f) emulated TMA 2D store (128B swizzle): in-bounds elements only, read through the "
+        "swizzle");
     reset_arena();
     auto tile = cute_tile<cute::bfloat16_t, KAtom<cute::bfloat16_t, 128>::type, 64, 64>(kTileA);
     for (int r = 0; r < 64; ++r)
       for (int c = 0; c < 64; ++c) tile(r, c) = cute::bfloat16_t::bitcast(uint16_t(r * 64 + c + 1));
     for (auto [c0, c1] : {std::pair{64, 64}, {-8, -3}, {0, 0}}) {
       std::vector<uint16_t> dst(size_t(rows) * cols, 0xDEAD);
-      const emu::EmuTensorMap map = make_map(dst.data(), 2, 128, {uint64_t(cols), uint64_t(rows)}, {64, 64});
+      const emu::EmuTensorMap map =
+          make_map(dst.data(), 2, 128, {uint64_t(cols), uint64_t(rows)}, {64, 64});
       emu::tma_store(&map, g_smem + kTileA, 2, std::array<int32_t, 2>{c0, c1}.data());
       g.expect(dst[0] == 0xDEAD || (c0 <= 0 && c1 <= 0), "store performed before bulk wait_group");
       emu::bulk_commit_group();
@@ -550,8 +611,9 @@ static void check_tma() {
           const int r = gr - c1, c = gc - c0;
           const bool in_box = r >= 0 && r < 64 && c >= 0 && c < 64;
           const uint16_t want = in_box ? uint16_t(r * 64 + c + 1) : 0xDEAD;
-          g.expect(dst[size_t(gr) * cols + gc] == want, "store at (%d,%d): global (%d,%d) 0x%04x want 0x%04x", c0, c1,
-                   gr, gc, dst[size_t(gr) * cols + gc], want);
+          g.expect(dst[size_t(gr) * cols + gc] == want,
+                   "store at (%d,%d): global (%d,%d) 0x%04x want 0x%04x", c0, c1, gr, gc,
+                   dst[size_t(gr) * cols + gc], want);
         }
     }
   }
@@ -566,10 +628,12 @@ static void check_sync_and_misuse() {
   emu::mbar_init(bar, 2);
   g.expect(!emu::mbar_phase_done(bar, 0), "phase 0 complete right after init");
   emu::mbar_arrive(bar);
-  expect_failure(g, "try_wait on an incomplete phase", "would block", [&] { emu::mbar_try_wait(bar, 0); });
+  expect_failure(g, "try_wait on an incomplete phase", "would block",
+                 [&] { emu::mbar_try_wait(bar, 0); });
   emu::mbar_arrive(bar);
   g.expect(emu::mbar_try_wait(bar, 0), "phase 0 incomplete after 2 of 2 arrivals");
-  expect_failure(g, "try_wait parity 1 after one phase", "would block", [&] { emu::mbar_try_wait(bar, 1); });
+  expect_failure(g, "try_wait parity 1 after one phase", "would block",
+                 [&] { emu::mbar_try_wait(bar, 1); });
   emu::mbar_expect_tx(bar, 32);
   emu::mbar_arrive(bar);
   emu::mbar_arrive(bar);
@@ -616,8 +680,10 @@ static void check_sync_and_misuse() {
   g.expect(g_smem[1040] == 0xEE, "cp.async of the newest group performed by wait_group 1");
   emu::cp_async_wait(0);
   g.expect(g_smem[1040] == 0 && g_smem[1055] == 0, "cp.async src-size 0 zero fill");
-  expect_failure(g, "cp.async misaligned", "aligned", [&] { emu::cp_async_16(g_smem + 1032, gsrc.data(), 16); });
-  expect_failure(g, "cp.async src-size 17", "src-size", [&] { emu::cp_async_16(g_smem + 1024, gsrc.data(), 17); });
+  expect_failure(g, "cp.async misaligned", "aligned",
+                 [&] { emu::cp_async_16(g_smem + 1032, gsrc.data(), 16); });
+  expect_failure(g, "cp.async src-size 17", "src-size",
+                 [&] { emu::cp_async_16(g_smem + 1024, gsrc.data(), 17); });
   emu::cp_async_commit();
   emu::cp_async_wait(0);
 
@@ -625,22 +691,28 @@ static void check_sync_and_misuse() {
   std::vector<uint16_t> src(64 * 64);
   const emu::EmuTensorMap map = make_map(src.data(), 2, 128, {64, 64}, {64, 64});
   emu::mbar_init(bar, 1);
-  expect_failure(g, "SW128 box at a 128- but not 1024-aligned address", "1024-byte aligned",
-                 [&] { emu::tma_load(g_smem + kTileA + 128, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data()); });
-  expect_failure(g, "swizzled box into static shared", "dynamic shared memory only",
-                 [&] { emu::tma_load(g_static_smem, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data()); });
-  expect_failure(g, "2D map used by a 3D load", "rank",
-                 [&] { emu::tma_load(g_smem + kTileA, &map, bar, 3, std::array<int32_t, 3>{0, 0, 0}.data()); });
+  expect_failure(g, "SW128 box at a 128- but not 1024-aligned address", "1024-byte aligned", [&] {
+    emu::tma_load(g_smem + kTileA + 128, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data());
+  });
+  expect_failure(g, "swizzled box into static shared", "dynamic shared memory only", [&] {
+    emu::tma_load(g_static_smem, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data());
+  });
+  expect_failure(g, "2D map used by a 3D load", "rank", [&] {
+    emu::tma_load(g_smem + kTileA, &map, bar, 3, std::array<int32_t, 3>{0, 0, 0}.data());
+  });
   emu::EmuTensorMap bad = map;
   bad.magic = 0;
-  expect_failure(g, "foreign tensor map", "not an emulated CUtensorMap",
-                 [&] { emu::tma_load(g_smem + kTileA, &bad, bar, 2, std::array<int32_t, 2>{0, 0}.data()); });
+  expect_failure(g, "foreign tensor map", "not an emulated CUtensorMap", [&] {
+    emu::tma_load(g_smem + kTileA, &bad, bar, 2, std::array<int32_t, 2>{0, 0}.data());
+  });
   bad = map;
   bad.box[0] = 128;
-  expect_failure(g, "box row wider than the swizzle span", "exceeds",
-                 [&] { emu::tma_load(g_smem + kTileA, &bad, bar, 2, std::array<int32_t, 2>{0, 0}.data()); });
-  expect_failure(g, "box past the end of shared memory", "outside",
-                 [&] { emu::tma_load(g_smem + kArenaBytes - 4096, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data()); });
+  expect_failure(g, "box row wider than the swizzle span", "exceeds", [&] {
+    emu::tma_load(g_smem + kTileA, &bad, bar, 2, std::array<int32_t, 2>{0, 0}.data());
+  });
+  expect_failure(g, "box past the end of shared memory", "outside", [&] {
+    emu::tma_load(g_smem + kArenaBytes - 4096, &map, bar, 2, std::array<int32_t, 2>{0, 0}.data());
+  });
   expect_failure(g, "bulk size not a multiple of 16", "multiple of 16",
                  [&] { emu::bulk_copy_g2s(g_smem + 256, gsrc.data(), 24, bar); });
   expect_failure(g, "wgmma descriptor with a base offset", "base offset", [&] {

@@ -3,8 +3,9 @@
 //
 // Everything here is a thin inline-PTX wrapper; each comment names the PTX it emits and the
 // ordering rule a caller must respect. In the interpreter build (DSV3_EMULATE, host g++) each
-// wrapper's body calls instead the emulated semantics in dsv3/emu/hopper_emu.h. wgmma needs the arch-specific target (sm_90a / compute_90a);
-// a translation unit built for any other target fails in ptxas, which is intended.
+// wrapper's body calls instead the emulated semantics in dsv3/emu/hopper_emu.h.
+// wgmma needs the arch-specific target (sm_90a / compute_90a); a translation unit built for any
+// other target fails in ptxas, which is intended.
 //
 // Conventions:
 // * "smem address" = a 32-bit address in the CTA's shared window, from smem_u32(). Every PTX

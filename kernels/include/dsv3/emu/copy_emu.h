@@ -36,7 +36,8 @@ inline void cp_async_wait(int n) { self().cp_async.wait(static_cast<size_t>(n));
 // ---- 1-D bulk copies -------------------------------------------------------------------------
 // PTX ISA cp.async.bulk: size a multiple of 16, both addresses 16-byte aligned.
 inline void check_bulk(const void* gmem, uint32_t bytes, const char* what) {
-  if (bytes == 0 || bytes % 16 != 0) fail(msgf("%s: size %u is not a positive multiple of 16", what, bytes));
+  if (bytes == 0 || bytes % 16 != 0)
+    fail(msgf("%s: size %u is not a positive multiple of 16", what, bytes));
   check_global_align(gmem, 16, what);
 }
 
@@ -86,11 +87,13 @@ inline TmaBox tma_decode(const void* tmap, uint32_t rank, const int32_t* coord, 
   memcpy(&b.map, tmap, sizeof b.map);
   const EmuTensorMap& m = b.map;
   if (m.magic != kTensorMapMagic) {
-    fail(msgf("%s: the tensor map is not an emulated CUtensorMap (magic 0x%08x); it must come "
-              "from the emulated device's tensor-map encoder",
-              what, m.magic));
+    fail(
+        msgf("%s: the tensor map is not an emulated CUtensorMap (magic 0x%08x); it must come "
+             "from the emulated device's tensor-map encoder",
+             what, m.magic));
   }
-  if (m.rank != rank) fail(msgf("%s: tensor map of rank %u used by a %uD copy", what, m.rank, rank));
+  if (m.rank != rank)
+    fail(msgf("%s: tensor map of rank %u used by a %uD copy", what, m.rank, rank));
   if (m.elem_bytes != 1 && m.elem_bytes != 2 && m.elem_bytes != 4 && m.elem_bytes != 8) {
     fail(msgf("%s: tensor map element size %u", what, m.elem_bytes));
   }
@@ -98,21 +101,26 @@ inline TmaBox tma_decode(const void* tmap, uint32_t rank, const int32_t* coord, 
   if (sw != 0 && sw != 32 && sw != 64 && sw != 128) fail(msgf("%s: swizzle of %u bytes", what, sw));
   uint64_t n = m.elem_bytes;
   for (uint32_t d = 0; d < rank; ++d) {
-    if (m.box[d] == 0 || m.box[d] > 256) fail(msgf("%s: box extent %u in dim %u", what, m.box[d], d));
+    if (m.box[d] == 0 || m.box[d] > 256)
+      fail(msgf("%s: box extent %u in dim %u", what, m.box[d], d));
     n *= m.box[d];
   }
   const uint32_t inner = m.box[0] * m.elem_bytes;
   // cuTensorMapEncodeTiled: the inner box extent in bytes is a multiple of 16, and with a swizzle
   // at most the swizzle span.
-  if (inner % 16 != 0) fail(msgf("%s: inner box row of %u bytes is not a multiple of 16", what, inner));
+  if (inner % 16 != 0)
+    fail(msgf("%s: inner box row of %u bytes is not a multiple of 16", what, inner));
   if (sw != 0 && inner > sw) {
     fail(msgf("%s: inner box row of %u bytes exceeds the %u-byte swizzle span", what, inner, sw));
   }
   // cuTensorMapEncodeTiled: a 16-byte aligned global address and strides multiple of 16 bytes.
-  if (m.global_address % 16 != 0) fail(msgf("%s: global address 0x%llx not 16-byte aligned", what, (unsigned long long)m.global_address));
+  if (m.global_address % 16 != 0)
+    fail(msgf("%s: global address 0x%llx not 16-byte aligned", what,
+              (unsigned long long)m.global_address));
   for (uint32_t d = 1; d < rank; ++d) {
     if (m.strides_bytes[d] % 16 != 0) {
-      fail(msgf("%s: global stride of dim %u (%llu bytes) not a multiple of 16", what, d, (unsigned long long)m.strides_bytes[d]));
+      fail(msgf("%s: global stride of dim %u (%llu bytes) not a multiple of 16", what, d,
+                (unsigned long long)m.strides_bytes[d]));
     }
   }
   b.rank = rank;
@@ -123,7 +131,9 @@ inline TmaBox tma_decode(const void* tmap, uint32_t rank, const int32_t* coord, 
 
 // Required shared alignment of a box: 128 bytes (PTX ISA cp.async.bulk.tensor), and the whole
 // swizzle repeat (1024 bytes) for 128B swizzle, as the kernels' comments and CUTLASS assume.
-inline uint32_t tma_smem_align(const EmuTensorMap& m) { return m.swizzle_bytes == 128 ? 1024 : 128; }
+inline uint32_t tma_smem_align(const EmuTensorMap& m) {
+  return m.swizzle_bytes == 128 ? 1024 : 128;
+}
 
 // Calls f(global element pointer or nullptr when out of bounds, shared byte address of the element)
 // for every element of the box.
@@ -159,7 +169,8 @@ inline void tma_for_each(const TmaBox& b, uint32_t smem_addr, F f) {
 // Out-of-bound elements are zero-filled; the tx-count completed is always the full box.
 inline void tma_load(void* smem_dst, const void* tmap, uint64_t* bar, uint32_t rank,
                      const int32_t* coord) {
-  const char* what = rank == 2 ? "cp.async.bulk.tensor.2d (load)" : "cp.async.bulk.tensor.3d (load)";
+  const char* what =
+      rank == 2 ? "cp.async.bulk.tensor.2d (load)" : "cp.async.bulk.tensor.3d (load)";
   const TmaBox b = tma_decode(tmap, rank, coord, what);
   smem_operand(smem_dst, b.box_bytes, tma_smem_align(b.map), what, b.map.swizzle_bytes != 0);
   const uint32_t addr = shared_addr(smem_dst);
@@ -169,8 +180,10 @@ inline void tma_load(void* smem_dst, const void* tmap, uint64_t* bar, uint32_t r
     uint8_t* base = static_cast<uint8_t*>(smem_dst);
     m.in_flight.push_back([b, base, bar, what] {
       tma_for_each(b, 0, [&](const uint8_t* g, uint32_t a) {
-        if (g) memcpy(base + a, g, b.map.elem_bytes);
-        else memset(base + a, 0, b.map.elem_bytes);
+        if (g)
+          memcpy(base + a, g, b.map.elem_bytes);
+        else
+          memset(base + a, 0, b.map.elem_bytes);
       });
       mbar_complete_tx(bar, b.box_bytes, what);
     });
@@ -178,8 +191,10 @@ inline void tma_load(void* smem_dst, const void* tmap, uint64_t* bar, uint32_t r
     m.in_flight.push_back([b, addr, bar, what] {
       tma_for_each(b, addr, [&](const uint8_t* g, uint32_t a) {
         uint8_t* s = shared_ptr(a, b.map.elem_bytes, what);
-        if (g) memcpy(s, g, b.map.elem_bytes);
-        else memset(s, 0, b.map.elem_bytes);
+        if (g)
+          memcpy(s, g, b.map.elem_bytes);
+        else
+          memset(s, 0, b.map.elem_bytes);
       });
       mbar_complete_tx(bar, b.box_bytes, what);
     });

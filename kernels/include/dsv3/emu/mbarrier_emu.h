@@ -26,9 +26,10 @@ inline Mbarrier& mbar_state(const void* bar, const char* op) {
   auto& bars = block().mbarriers;
   auto it = bars.find(bar);
   if (it == bars.end()) {
-    fail(msgf("%s: mbarrier at shared offset 0x%x used before mbarrier.init (or after "
-              "mbarrier.inval)",
-              op, shared_addr(bar)));
+    fail(
+        msgf("%s: mbarrier at shared offset 0x%x used before mbarrier.init (or after "
+             "mbarrier.inval)",
+             op, shared_addr(bar)));
   }
   return it->second;
 }
@@ -66,9 +67,10 @@ inline void mbar_init(uint64_t* bar, uint32_t count) {
 inline void mbar_arrive_n(uint64_t* bar, uint32_t n, const char* op) {
   Mbarrier& m = mbar_state(bar, op);
   if (n > m.pending) {
-    fail(msgf("%s: over-arrival on mbarrier at shared offset 0x%x (%u arrival(s) with %u "
-              "pending, init count %u)",
-              op, shared_addr(bar), n, m.pending, m.expected));
+    fail(
+        msgf("%s: over-arrival on mbarrier at shared offset 0x%x (%u arrival(s) with %u "
+             "pending, init count %u)",
+             op, shared_addr(bar), n, m.pending, m.expected));
   }
   m.pending -= n;
   note_progress();

@@ -37,9 +37,10 @@ inline uint8_t* smem_operand(const void* p, size_t bytes, uint32_t align, const 
   const uint32_t addr = shared_addr(p);
   if (is_static_shared_addr(addr)) {
     if (dynamic_only) {
-      fail(msgf("%s: operand is a static __shared__ variable; the interpreter supports this "
-                "operand in dynamic shared memory only",
-                what));
+      fail(
+          msgf("%s: operand is a static __shared__ variable; the interpreter supports this "
+               "operand in dynamic shared memory only",
+               what));
     }
     if (reinterpret_cast<uintptr_t>(p) % align != 0) {
       fail(msgf("%s: shared operand %p is not %u-byte aligned", what, p, align));
@@ -59,13 +60,13 @@ inline void check_global_align(const void* p, uint32_t align, const char* what) 
   }
 }
 
-// The shared-memory swizzle of TMA (PTX ISA "Tensor-copy: swizzling modes", CU_TENSOR_MAP_SWIZZLE_*)
-// and of wgmma operands (PTX ISA "Shared Memory Matrix Layout", swizzle modes of the matrix
-// descriptor), as a function of the byte address in the shared window: the swizzle span is
-// `swizzle_bytes` (32, 64 or 128) = 2, 4 or 8 chunks of 16 bytes, and the chunk index inside the
-// span (address bits [4, 4+b)) is XORed with the 128-byte row index modulo the chunk count
-// (address bits [7, 7+b)), b = log2(span / 16). The pattern therefore repeats every 256, 512 or
-// 1024 bytes, which is why swizzled tiles start at such a boundary. 0 = no swizzle.
+// The shared-memory swizzle of TMA (PTX ISA "Tensor-copy: swizzling modes",
+// CU_TENSOR_MAP_SWIZZLE_*) and of wgmma operands (PTX ISA "Shared Memory Matrix Layout", swizzle
+// modes of the matrix descriptor), as a function of the byte address in the shared window: the
+// swizzle span is `swizzle_bytes` (32, 64 or 128) = 2, 4 or 8 chunks of 16 bytes, and the chunk
+// index inside the span (address bits [4, 4+b)) is XORed with the 128-byte row index modulo the
+// chunk count (address bits [7, 7+b)), b = log2(span / 16). The pattern therefore repeats every
+// 256, 512 or 1024 bytes, which is why swizzled tiles start at such a boundary. 0 = no swizzle.
 inline uint32_t swizzle_addr(uint32_t addr, uint32_t swizzle_bytes) {
   if (swizzle_bytes == 0) return addr;
   const uint32_t mask = swizzle_bytes / 16 - 1;  // 1, 3 or 7

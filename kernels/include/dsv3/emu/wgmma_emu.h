@@ -62,7 +62,8 @@ inline uint32_t gmma_k_major_addr(const GmmaDesc& g, uint32_t elem_bytes, uint32
 }
 
 // Byte address of element (mn, k) of an MN-major operand (B of a transposed 16-bit wgmma).
-inline uint32_t gmma_mn_major_addr(const GmmaDesc& g, uint32_t elem_bytes, uint32_t mn, uint32_t k) {
+inline uint32_t gmma_mn_major_addr(const GmmaDesc& g, uint32_t elem_bytes, uint32_t mn,
+                                   uint32_t k) {
   const uint32_t t = 16 / elem_bytes;
   uint32_t a = g.start + (mn % t) * elem_bytes;
   if (g.swizzle_bytes == 0) {
@@ -143,7 +144,8 @@ inline void wgmma_fragment(uint32_t thread_in_warpgroup, uint32_t n, GmmaType ty
   const AccCoord c0 = wgmma_acc_coord(thread_in_warpgroup, 0);
   for (uint32_t h = 0; h < 2; ++h) {
     for (uint32_t k = 0; k < kk; ++k) {
-      a_rows[h][k] = gmma_load(type, gmma_k_major_addr(ga, eb, c0.row + 8 * h, k), "wgmma operand A");
+      a_rows[h][k] =
+          gmma_load(type, gmma_k_major_addr(ga, eb, c0.row + 8 * h, k), "wgmma operand A");
     }
   }
   float b_col[32];
