@@ -117,6 +117,12 @@ void release_if_complete(Runner& r, BarrierState& b) {
 
 void thread_exit(Runner& r) {
   ThreadState& t = r.threads[r.current];
+  // A wgmma still pending would write its accumulators into the frame that just returned: on
+  // the GPU, registers the exited thread no longer has. A kernel must wait for its wgmma.
+  if (!t.wgmma.idle()) {
+    fail(format("thread exited with %zu wgmma group(s) not waited for (wgmma.wait_group)",
+                t.wgmma.committed.size() + (t.wgmma.open.empty() ? 0 : 1)));
+  }
   // Bulk / TMA stores still in flight complete on their own after the thread exits.
   t.bulk.drain();
   t.exited = true;
@@ -240,7 +246,18 @@ void run_block(Runner& r, Dim block_idx) {
       return;
     }
   }
-  // Async copies that nobody waited for are dropped with the block, as its shared memory is.
+  // A copy into shared memory still in flight when the block ends would land in shared memory
+  // that the next block on the SM may already own: a kernel must consume what it loads.
+  for (const auto& [addr, bar] : r.block.mbarriers) {
+    if (!bar.in_flight.empty()) {
+      r.failed = true;
+      r.error = format("kernel %s, %s: the block ended with %zu copies still in flight on the "
+                       "mbarrier at shared 0x%x (loaded but never waited for)",
+                       r.kernel, block_name(r).c_str(), bar.in_flight.size(),
+                       shared_addr(addr));
+      return;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
