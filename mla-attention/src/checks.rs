@@ -214,7 +214,11 @@ pub fn poison_unread(rng: &mut Rng, inp: &mut DecodeInputs, fp8_bytes: Option<&m
             *slot = (1 << 30) + rng.below(i32::MAX as u64 - (1 << 30)) as i32;
         }
     }
-    let hidden = visible.iter().enumerate().filter(|(_, &v)| !v).map(|(e, _)| e);
+    let hidden = visible
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| !v)
+        .map(|(e, _)| e);
     let mut fp8_bytes = fp8_bytes;
     for e in hidden {
         inp.cache[e * KV_DIM..][..KV_DIM].fill(bf16::NAN);
@@ -714,7 +718,10 @@ mod tests {
             for (b, &len) in clean.cache_seqlens.iter().enumerate() {
                 let used = (len as usize).div_ceil(BLOCK_SIZE);
                 let row = b * s.max_blocks;
-                assert_eq!(inp.block_table[row..][..used], clean.block_table[row..][..used]);
+                assert_eq!(
+                    inp.block_table[row..][..used],
+                    clean.block_table[row..][..used]
+                );
                 for &id in &inp.block_table[row + used..row + s.max_blocks] {
                     assert!(id >= 1 << 30, "unused slot holds {id}");
                 }
@@ -727,7 +734,10 @@ mod tests {
                 let entry = &bytes[e * FP8_ENTRY_BYTES..][..FP8_ENTRY_BYTES];
                 if v {
                     let want = &clean.cache[e * KV_DIM..][..KV_DIM];
-                    assert!(got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(got
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
                     assert!(entry.iter().any(|&x| x != 0xff));
                 } else {
                     assert!(got.iter().all(|x| x.is_nan()), "entry {e}");

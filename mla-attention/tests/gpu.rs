@@ -212,7 +212,13 @@ mod gpu {
                 cases.push(case(vec![s_q, 63, 64, 65, 128, 129], s_q, 16, parts));
             }
         }
-        cases.extend(sizes().prefill.into_iter().take(2).map(|(l, s_q, h, p)| case(l, s_q, h, p)));
+        cases.extend(
+            sizes()
+                .prefill
+                .into_iter()
+                .take(2)
+                .map(|(l, s_q, h, p)| case(l, s_q, h, p)),
+        );
         let (seqlens, heads) = sizes().shared_prefix;
         cases.push(DecodeCheck {
             seqlens,

@@ -530,7 +530,11 @@ fn sizes(quick: bool) -> Sizes {
         }
     } else {
         Sizes {
-            tokens: if quick { &[1, 7, 128] } else { &[1, 7, 128, 4096] },
+            tokens: if quick {
+                &[1, 7, 128]
+            } else {
+                &[1, 7, 128, 4096]
+            },
             style_tokens: 128,
             gate_forced: (300, 7168, 256),
             gate_route_tokens: 128,
