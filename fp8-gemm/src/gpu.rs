@@ -503,3 +503,27 @@ fn checked_mul(op: &'static str, what: &str, x: usize, y: usize) -> Result<usize
 fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} does not fit in i32")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_tiles_are_used_as_given_and_unknown_ones_rejected() {
+        let heuristic = TILE_CONFIGS[2];
+        for kind in GemmKind::ALL {
+            assert_eq!(
+                resolve_tiles("t", kind, None, || heuristic).unwrap(),
+                heuristic
+            );
+            for cfg in TILE_CONFIGS {
+                let got = resolve_tiles("t", kind, Some(cfg), || unreachable!("forced"));
+                assert_eq!(got.unwrap(), cfg, "{kind:?}");
+            }
+            let mut unknown = TILE_CONFIGS[0];
+            unknown.stages = 3;
+            let err = resolve_tiles("t", kind, Some(unknown), || heuristic).unwrap_err();
+            assert!(err.to_string().contains("not one of TILE_CONFIGS"), "{err}");
+        }
+    }
+}
