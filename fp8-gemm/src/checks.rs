@@ -19,10 +19,11 @@ use kernels::rng::Rng;
 use kernels::{E4m3, Error, Result};
 
 use crate::cases::DENSE_NK;
-use crate::gpu;
+use crate::gpu::{self, Tiles};
 use crate::inputs::{activations, weights, Draw};
 use crate::layout::{K_BLOCK, W_BLOCK};
 use crate::reference::{activation_rows, gemm_nt_f64, Fp8Weights};
+use crate::tiles::TILE_CONFIGS;
 use crate::GROUPED_M_ALIGN;
 
 /// Bound on the relative Frobenius error of the BF16 output against the exact product. Rounding
@@ -142,13 +143,30 @@ fn upload_weights(
     }
 }
 
+/// The case-name suffix of a forced instantiation (empty when the heuristic picks).
+fn tiles_label(tiles: Tiles) -> String {
+    tiles.map_or_else(String::new, |cfg| format!(" tiles {}", cfg.label()))
+}
+
 /// Dense NT: D = A . B^T (+ residual) for one shape.
 pub fn check_gemm_nt(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    shape: (usize, usize, usize),
+    with_residual: bool,
+    draw: Draw,
+) -> Result<CheckReport> {
+    check_gemm_nt_with_tiles(gpu, rng, shape, with_residual, draw, None)
+}
+
+/// [`check_gemm_nt`] on the instantiation `tiles` forces (see [`gpu::Tiles`]).
+pub fn check_gemm_nt_with_tiles(
     gpu: &Gpu,
     rng: &mut Rng,
     (m, n, k): (usize, usize, usize),
     with_residual: bool,
     draw: Draw,
+    tiles: Tiles,
 ) -> Result<CheckReport> {
     let a = activations(rng, m, k, draw);
     let b = weights(rng, n, k, draw);
@@ -166,7 +184,7 @@ pub fn check_gemm_nt(
         None
     };
     let mut dd = gpu.poisoned::<bf16>(&[m, n])?;
-    gpu::gemm_nt(gpu, &da, &dsa, &db, &dsb, dres.as_ref(), &mut dd)?;
+    gpu::gemm_nt_with_tiles(gpu, &da, &dsa, &db, &dsb, dres.as_ref(), &mut dd, tiles)?;
     let got = gpu.download(&dd)?;
 
     let mut cmp = Comparison::default();
@@ -182,9 +200,10 @@ pub fn check_gemm_nt(
         );
     }
     let case = format!(
-        "{m}x{n}x{k}{}{}",
+        "{m}x{n}x{k}{}{}{}",
         if with_residual { " +residual" } else { "" },
-        if draw == Draw::Codes { " codes" } else { "" }
+        if draw == Draw::Codes { " codes" } else { "" },
+        tiles_label(tiles)
     );
     Ok(cmp.report("fp8_gemm_nt", case))
 }
@@ -197,6 +216,18 @@ pub fn check_grouped_contiguous(
     group_rows: &[usize],
     n: usize,
     k: usize,
+) -> Result<CheckReport> {
+    check_grouped_contiguous_with_tiles(gpu, rng, group_rows, n, k, None)
+}
+
+/// [`check_grouped_contiguous`] on the instantiation `tiles` forces (see [`gpu::Tiles`]).
+pub fn check_grouped_contiguous_with_tiles(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    group_rows: &[usize],
+    n: usize,
+    k: usize,
+    tiles: Tiles,
 ) -> Result<CheckReport> {
     let g = group_rows.len();
     let mut m_indices = Vec::new();
@@ -216,7 +247,17 @@ pub fn check_grouped_contiguous(
     let dm = gpu.upload(&m_indices, &[m])?;
     let mut dd = gpu.poisoned::<bf16>(&[m, n])?;
     let mut status = DeviceStatus::new(gpu)?;
-    gpu::gemm_grouped_contiguous(gpu, &da, &dsa, &db, &dsb, &dm, &mut dd, &mut status)?;
+    gpu::gemm_grouped_contiguous_with_tiles(
+        gpu,
+        &da,
+        &dsa,
+        &db,
+        &dsb,
+        &dm,
+        &mut dd,
+        &mut status,
+        tiles,
+    )?;
     status.check(gpu, "fp8_gemm_grouped_contiguous")?;
     let got = gpu.download(&dd)?;
 
@@ -235,7 +276,7 @@ pub fn check_grouped_contiguous(
     }
     Ok(cmp.report(
         "fp8_gemm_grouped_contiguous",
-        format!("groups {group_rows:?} x{n}x{k}"),
+        format!("groups {group_rows:?} x{n}x{k}{}", tiles_label(tiles)),
     ))
 }
 
@@ -264,6 +305,19 @@ pub fn check_grouped_masked(
     n: usize,
     k: usize,
 ) -> Result<CheckReport> {
+    check_grouped_masked_with_tiles(gpu, rng, m_max, masked, n, k, None)
+}
+
+/// [`check_grouped_masked`] on the instantiation `tiles` forces (see [`gpu::Tiles`]).
+pub fn check_grouped_masked_with_tiles(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    m_max: usize,
+    masked: &[usize],
+    n: usize,
+    k: usize,
+    tiles: Tiles,
+) -> Result<CheckReport> {
     let g = masked.len();
     let a: Vec<Fp8Activations> = (0..g)
         .map(|_| activations(rng, m_max, k, Draw::Quantized))
@@ -281,7 +335,7 @@ pub fn check_grouped_masked(
     let mut dd = gpu.poisoned::<bf16>(&[g, m_max, n])?;
     let mut status = DeviceStatus::new(gpu)?;
     let expected = masked.iter().sum::<usize>() / g.max(1);
-    gpu::gemm_grouped_masked(
+    gpu::gemm_grouped_masked_with_tiles(
         gpu,
         &da,
         &dsa,
@@ -291,6 +345,7 @@ pub fn check_grouped_masked(
         expected,
         &mut dd,
         &mut status,
+        tiles,
     )?;
     status.check(gpu, "fp8_gemm_grouped_masked")?;
     let got = gpu.download(&dd)?;
@@ -310,7 +365,10 @@ pub fn check_grouped_masked(
     }
     Ok(cmp.report(
         "fp8_gemm_grouped_masked",
-        format!("m_max {m_max} masked {masked:?} x{n}x{k}"),
+        format!(
+            "m_max {m_max} masked {masked:?} x{n}x{k}{}",
+            tiles_label(tiles)
+        ),
     ))
 }
 
@@ -387,59 +445,153 @@ pub fn check_bad_inputs(gpu: &Gpu, rng: &mut Rng) -> Result<CheckReport> {
     .require(failures == 0, problems.join("; ")))
 }
 
-/// Every FP8 GEMM case `harness verify` runs; `quick` keeps the tails and a few V3 shapes.
-pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
-    let mut rng = Rng::fresh();
-    let rng = &mut rng;
+/// Every instantiation of [`TILE_CONFIGS`], forced, for each of the three GEMM kinds, on small
+/// shapes with tails: M = 129 (one row past two 64-row tiles and one 128-row tile) and M = 1,
+/// N = 144 (a multiple of 16 but not of 64: a partial N tile for every `block_n`), K = 1152 = 9 K
+/// blocks (more than the deepest pipeline's 8 stages, so every stage ring wraps), a residual, an
+/// empty group, a one-row group and groups that end inside a tile.
+pub fn check_every_tile_config(gpu: &Gpu, rng: &mut Rng) -> Vec<Result<CheckReport>> {
+    let (n, k) = (144, 1152);
     let mut out = Vec::new();
-    // Tails: M around tile edges, N multiples of 16 that are not multiples of 64/128.
-    for (m, n, k) in [
-        (1, 16, 128),
-        (63, 48, 512),
-        (65, 2112, 256),
-        (127, 144, 384),
-        (129, 7168, 128),
-    ] {
-        out.push(check_gemm_nt(gpu, rng, (m, n, k), false, Draw::Quantized));
-        out.push(check_gemm_nt(gpu, rng, (m, n, k), true, Draw::Codes));
+    for cfg in TILE_CONFIGS {
+        let tiles = Some(cfg);
+        out.push(check_gemm_nt_with_tiles(
+            gpu,
+            rng,
+            (129, n, k),
+            true,
+            Draw::Quantized,
+            tiles,
+        ));
+        out.push(check_gemm_nt_with_tiles(
+            gpu,
+            rng,
+            (1, 48, 256),
+            false,
+            Draw::Codes,
+            tiles,
+        ));
+        out.push(check_grouped_contiguous_with_tiles(
+            gpu,
+            rng,
+            &[65, 0, 1, 130],
+            n,
+            k,
+            tiles,
+        ));
+        out.push(check_grouped_masked_with_tiles(
+            gpu,
+            rng,
+            129,
+            &[0, 1, 65, 129],
+            n,
+            k,
+            tiles,
+        ));
+    }
+    out
+}
+
+/// The shapes of [`all_checks`].
+struct Sizes {
+    /// Dense (M, N, K) tails, each run plain and with a residual on code-valued operands.
+    tails: Vec<(usize, usize, usize)>,
+    /// Dense (M, N, K) runs without residual.
+    dense: Vec<(usize, usize, usize)>,
+    /// One dense run with residual spanning many tiles and pipeline stages.
+    big: (usize, usize, usize),
+    /// Grouped contiguous: (rows per group, N, K).
+    contiguous: Vec<(Vec<usize>, usize, usize)>,
+    /// Grouped masked: (M_max, masked rows per group, N, K).
+    masked: Vec<(usize, Vec<usize>, usize, usize)>,
+}
+
+/// The GPU's shapes (tails around the tile edges and DeepSeek-V3's real N x K), or CPU-sized ones
+/// for the interpreter build ([`kernels::EMULATED`]): the same tails with narrow N, and a few
+/// cases spanning several tiles and more K blocks than any pipeline has stages.
+fn sizes(quick: bool) -> Sizes {
+    if kernels::EMULATED {
+        return Sizes {
+            tails: vec![
+                (1, 16, 128),
+                (63, 48, 512),
+                (65, 208, 256),
+                (127, 144, 384),
+                (129, 80, 1152),
+            ],
+            dense: if quick {
+                vec![(64, 272, 640)]
+            } else {
+                vec![(1, 272, 1024), (64, 272, 640), (128, 400, 256)]
+            },
+            big: (192, 272, 1280),
+            contiguous: vec![
+                (vec![0, 1, 200, 128, 77], 144, 512),
+                (vec![300], 80, 1152),
+                (vec![5, 0, 0, 130], 48, 256),
+            ],
+            masked: vec![
+                (130, vec![0, 1, 130, 100], 144, 512),
+                (64, vec![64], 80, 1152),
+                (70, vec![3, 0, 69], 208, 256),
+            ],
+        };
     }
     let ms: &[usize] = if quick { &[64] } else { &[1, 64, 128, 4096] };
     let shapes: &[(usize, usize)] = if quick { &DENSE_NK[..2] } else { &DENSE_NK };
-    for &m in ms {
-        for &(n, k) in shapes {
-            out.push(check_gemm_nt(gpu, rng, (m, n, k), false, Draw::Quantized));
-        }
-    }
-    out.push(check_gemm_nt(
-        gpu,
-        rng,
-        (128, 7168, 16384),
-        true,
-        Draw::Quantized,
-    ));
-
-    out.push(check_grouped_contiguous(
-        gpu,
-        rng,
-        &[0, 1, 200, 128, 77],
-        4096,
-        7168,
-    ));
-    out.push(check_grouped_contiguous(gpu, rng, &[300], 7168, 2048));
-    out.push(check_grouped_contiguous(gpu, rng, &[5, 0, 0, 130], 48, 256));
+    let mut contiguous = vec![
+        (vec![0, 1, 200, 128, 77], 4096, 7168),
+        (vec![300], 7168, 2048),
+        (vec![5, 0, 0, 130], 48, 256),
+    ];
     if !quick {
-        out.push(check_grouped_contiguous(gpu, rng, &[1024; 4], 4096, 7168));
+        contiguous.push((vec![1024; 4], 4096, 7168));
     }
-    out.push(check_grouped_masked(
-        gpu,
-        rng,
-        256,
-        &[0, 1, 256, 100],
-        4096,
-        7168,
-    ));
-    out.push(check_grouped_masked(gpu, rng, 64, &[64], 7168, 2048));
-    out.push(check_grouped_masked(gpu, rng, 70, &[3, 0, 69], 2112, 256));
+    Sizes {
+        tails: vec![
+            (1, 16, 128),
+            (63, 48, 512),
+            (65, 2112, 256),
+            (127, 144, 384),
+            (129, 7168, 128),
+        ],
+        dense: ms
+            .iter()
+            .flat_map(|&m| shapes.iter().map(move |&(n, k)| (m, n, k)))
+            .collect(),
+        big: (128, 7168, 16384),
+        contiguous,
+        masked: vec![
+            (256, vec![0, 1, 256, 100], 4096, 7168),
+            (64, vec![64], 7168, 2048),
+            (70, vec![3, 0, 69], 2112, 256),
+        ],
+    }
+}
+
+/// Every FP8 GEMM case `harness verify` runs; `quick` keeps the tails and a few V3 shapes. Ends
+/// with [`check_every_tile_config`].
+pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
+    let mut rng = Rng::fresh();
+    let rng = &mut rng;
+    let sizes = sizes(quick);
+    let mut out = Vec::new();
+    // Tails: M around tile edges, N multiples of 16 that are not multiples of 64/128.
+    for &shape in &sizes.tails {
+        out.push(check_gemm_nt(gpu, rng, shape, false, Draw::Quantized));
+        out.push(check_gemm_nt(gpu, rng, shape, true, Draw::Codes));
+    }
+    for &shape in &sizes.dense {
+        out.push(check_gemm_nt(gpu, rng, shape, false, Draw::Quantized));
+    }
+    out.push(check_gemm_nt(gpu, rng, sizes.big, true, Draw::Quantized));
+    for (groups, n, k) in &sizes.contiguous {
+        out.push(check_grouped_contiguous(gpu, rng, groups, *n, *k));
+    }
+    for (m_max, masked, n, k) in &sizes.masked {
+        out.push(check_grouped_masked(gpu, rng, *m_max, masked, *n, *k));
+    }
     out.push(check_bad_inputs(gpu, rng));
+    out.extend(check_every_tile_config(gpu, rng));
     out
 }

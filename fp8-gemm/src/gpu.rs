@@ -4,8 +4,9 @@
 //! Each wrapper checks every shape and length against [`crate::layout`] on the host (a bad shape is
 //! an error naming the argument, never an out-of-bounds access on the device), treats an empty
 //! problem as a no-op, builds the TMA tensor maps for this call (a few microseconds of host work,
-//! no device traffic), picks the instantiation with [`crate::tiles::choose_tile`] and launches on
-//! the `Gpu`'s stream without synchronizing. Device-side bad inputs of the grouped kinds (a group
+//! no device traffic), picks the instantiation with [`crate::tiles::choose_tile`] (or takes the one
+//! a `*_with_tiles` entry point forces, see [`Tiles`]) and launches on the `Gpu`'s stream without
+//! synchronizing. Device-side bad inputs of the grouped kinds (a group
 //! index or masked row count out of range) skip the affected tiles and are recorded as status
 //! code 3 in the caller's [`DeviceStatus`].
 
@@ -18,8 +19,45 @@ use kernels::{E4m3, Error, Result};
 
 use crate::cubins::FP8_GEMM;
 use crate::layout::{act_scale_len, K_BLOCK, N_ALIGN, SCALE_ROW_ALIGN, W_BLOCK};
-use crate::tiles::{choose_tile, GemmKind, TileConfig, THREADS};
+use crate::tiles::{choose_tile, GemmKind, TileConfig, THREADS, TILE_CONFIGS};
 use crate::GROUPED_M_ALIGN;
+
+/// Which kernel instantiation a launch uses: `None` lets [`choose_tile`]'s cost model pick (what
+/// [`gemm_nt`], [`gemm_grouped_contiguous`] and [`gemm_grouped_masked`] do); `Some(cfg)` forces
+/// `cfg`, one of [`TILE_CONFIGS`], whatever the shape. Every instantiation is correct for every
+/// shape, so forcing changes only speed: the checks use it to run each tile configuration of each
+/// GEMM kind on shapes the heuristic would never give it, and a tuning run can use it to time the
+/// alternatives.
+pub type Tiles = Option<TileConfig>;
+
+/// The instantiation of `kind` for this launch: the forced one after checking that it is one of
+/// [`TILE_CONFIGS`] and fits `kind`, else the heuristic's.
+fn resolve_tiles(
+    op: &'static str,
+    kind: GemmKind,
+    tiles: Tiles,
+    heuristic: impl FnOnce() -> TileConfig,
+) -> Result<TileConfig> {
+    let Some(cfg) = tiles else {
+        return Ok(heuristic());
+    };
+    if !TILE_CONFIGS.contains(&cfg) {
+        return Err(Error::invalid(
+            op,
+            format!("forced tile configuration {cfg:?} is not one of TILE_CONFIGS"),
+        ));
+    }
+    if kind == GemmKind::GroupedContiguous && GROUPED_M_ALIGN % cfg.block_m != 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "forced block_m = {} does not divide the group alignment {GROUPED_M_ALIGN}",
+                cfg.block_m
+            ),
+        ));
+    }
+    Ok(cfg)
+}
 
 const OP_NT: &str = "fp8_gemm_nt";
 const OP_CONTIGUOUS: &str = "fp8_gemm_grouped_contiguous";
@@ -38,6 +76,21 @@ pub fn gemm_nt(
     residual: Option<&DeviceTensor<bf16>>,
     d: &mut DeviceTensor<bf16>,
 ) -> Result<()> {
+    gemm_nt_with_tiles(gpu, a, a_scales, b, b_scales, residual, d, None)
+}
+
+/// [`gemm_nt`] with the instantiation forced by `tiles` (see [`Tiles`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nt_with_tiles(
+    gpu: &Gpu,
+    a: &DeviceTensor<E4m3>,
+    a_scales: &DeviceTensor<f32>,
+    b: &DeviceTensor<E4m3>,
+    b_scales: &DeviceTensor<f32>,
+    residual: Option<&DeviceTensor<bf16>>,
+    d: &mut DeviceTensor<bf16>,
+    tiles: Tiles,
+) -> Result<()> {
     const OP: &str = OP_NT;
     let [m, k] = dims::<2, _>(OP, "a", "[M, K]", a)?;
     let [n, k_b] = dims::<2, _>(OP, "b", "[N, K]", b)?;
@@ -53,7 +106,9 @@ pub fn gemm_nt(
         return Ok(());
     }
 
-    let cfg = choose_tile(GemmKind::Dense, 1, m, n, k, num_sms(gpu));
+    let cfg = resolve_tiles(OP, GemmKind::Dense, tiles, || {
+        choose_tile(GemmKind::Dense, 1, m, n, k, num_sms(gpu))
+    })?;
     let tiles = cfg.num_tiles(1, m, n);
     let launch = Launch {
         op: OP,
@@ -96,6 +151,23 @@ pub fn gemm_grouped_contiguous(
     d: &mut DeviceTensor<bf16>,
     status: &mut DeviceStatus,
 ) -> Result<()> {
+    gemm_grouped_contiguous_with_tiles(gpu, a, a_scales, b, b_scales, m_indices, d, status, None)
+}
+
+/// [`gemm_grouped_contiguous`] with the instantiation forced by `tiles` (see [`Tiles`]; a forced
+/// `block_m` must divide `GROUPED_M_ALIGN`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_grouped_contiguous_with_tiles(
+    gpu: &Gpu,
+    a: &DeviceTensor<E4m3>,
+    a_scales: &DeviceTensor<f32>,
+    b: &DeviceTensor<E4m3>,
+    b_scales: &DeviceTensor<f32>,
+    m_indices: &DeviceTensor<i32>,
+    d: &mut DeviceTensor<bf16>,
+    status: &mut DeviceStatus,
+    tiles: Tiles,
+) -> Result<()> {
     const OP: &str = OP_CONTIGUOUS;
     let [m, k] = dims::<2, _>(OP, "a", "[M, K]", a)?;
     let [groups, n, k_b] = dims::<3, _>(OP, "b", "[G, N, K]", b)?;
@@ -115,7 +187,9 @@ pub fn gemm_grouped_contiguous(
         return Ok(());
     }
 
-    let cfg = choose_tile(GemmKind::GroupedContiguous, 1, m, n, k, num_sms(gpu));
+    let cfg = resolve_tiles(OP, GemmKind::GroupedContiguous, tiles, || {
+        choose_tile(GemmKind::GroupedContiguous, 1, m, n, k, num_sms(gpu))
+    })?;
     let tiles = cfg.num_tiles(1, m, n);
     let launch = Launch {
         op: OP,
@@ -159,6 +233,26 @@ pub fn gemm_grouped_masked(
     d: &mut DeviceTensor<bf16>,
     status: &mut DeviceStatus,
 ) -> Result<()> {
+    gemm_grouped_masked_with_tiles(
+        gpu, a, a_scales, b, b_scales, masked_m, expected_m, d, status, None,
+    )
+}
+
+/// [`gemm_grouped_masked`] with the instantiation forced by `tiles` (see [`Tiles`]; `expected_m`
+/// is then unused).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_grouped_masked_with_tiles(
+    gpu: &Gpu,
+    a: &DeviceTensor<E4m3>,
+    a_scales: &DeviceTensor<f32>,
+    b: &DeviceTensor<E4m3>,
+    b_scales: &DeviceTensor<f32>,
+    masked_m: &DeviceTensor<i32>,
+    expected_m: usize,
+    d: &mut DeviceTensor<bf16>,
+    status: &mut DeviceStatus,
+    tiles: Tiles,
+) -> Result<()> {
     const OP: &str = OP_MASKED;
     let [groups, m_max, k] = dims::<3, _>(OP, "a", "[G, M_max, K]", a)?;
     let [groups_b, n, k_b] = dims::<3, _>(OP, "b", "[G, N, K]", b)?;
@@ -189,7 +283,9 @@ pub fn gemm_grouped_masked(
     }
 
     let hint = expected_m.clamp(1, m_max);
-    let cfg = choose_tile(GemmKind::GroupedMasked, groups, hint, n, k, num_sms(gpu));
+    let cfg = resolve_tiles(OP, GemmKind::GroupedMasked, tiles, || {
+        choose_tile(GemmKind::GroupedMasked, groups, hint, n, k, num_sms(gpu))
+    })?;
     // Upper bound (every group full); the device walks only the tiles masked_m asks for.
     let tiles = cfg.num_tiles(groups, m_max, n);
     let launch = Launch {
@@ -406,4 +502,28 @@ fn checked_mul(op: &'static str, what: &str, x: usize, y: usize) -> Result<usize
 /// Converts a size to the i32 a kernel parameter takes, or names what overflowed.
 fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} does not fit in i32")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_tiles_are_used_as_given_and_unknown_ones_rejected() {
+        let heuristic = TILE_CONFIGS[2];
+        for kind in GemmKind::ALL {
+            assert_eq!(
+                resolve_tiles("t", kind, None, || heuristic).unwrap(),
+                heuristic
+            );
+            for cfg in TILE_CONFIGS {
+                let got = resolve_tiles("t", kind, Some(cfg), || unreachable!("forced"));
+                assert_eq!(got.unwrap(), cfg, "{kind:?}");
+            }
+            let mut unknown = TILE_CONFIGS[0];
+            unknown.stages = 3;
+            let err = resolve_tiles("t", kind, Some(unknown), || heuristic).unwrap_err();
+            assert!(err.to_string().contains("not one of TILE_CONFIGS"), "{err}");
+        }
+    }
 }

@@ -101,6 +101,11 @@ impl TileConfig {
         self.stages * stage + staging + 2 * self.stages * 8 + 1024
     }
 
+    /// Short name for reports: `m{block_m}n{block_n}s{stages}`.
+    pub fn label(&self) -> String {
+        format!("m{}n{}s{}", self.block_m, self.block_n, self.stages)
+    }
+
     /// The extern "C" name of this shape's kernel of `kind`.
     pub fn kernel_name(&self, kind: GemmKind) -> &'static str {
         match (kind, self.block_m, self.block_n) {

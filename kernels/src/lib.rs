@@ -46,6 +46,13 @@ pub mod cubins {
 /// Whether this build contains the CUDA kernels.
 pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
 
+/// Whether this is the interpreter build (feature `emulate`): the same `.cu` sources compiled as
+/// host C++ and run on the CPU behind an emulated [`gpu`] runtime. It executes CUDA threads as
+/// fibers, orders of magnitude slower than a GPU, so the GPU tests and `harness verify` checks
+/// pick CPU-sized shapes (still with tails off the tile grid, empty groups and several pipeline
+/// stages) when this is true, and keep their real-GPU shapes otherwise.
+pub const EMULATED: bool = cfg!(feature = "emulate");
+
 /// Prints a line that stays visible under `cargo test` (libtest captures `println!`, not direct
 /// writes to the stderr handle): GPU tests use it to say they were skipped and why.
 pub fn report_skip(test: &str, why: &str) {

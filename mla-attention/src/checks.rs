@@ -12,6 +12,12 @@
 //! - the schedule the device planned covers every KV block of every sequence exactly once, with
 //!   split counts matching the offsets ([`check_schedule`]).
 //!
+//! Inputs are poisoned FlashMLA-style ([`poison_unread`]): every cache entry no sequence may read
+//! (past each sequence's length, in its last block and in unused blocks) holds NaN (all-ones
+//! bytes in the FP8 layout), and every block-table slot past a sequence's last block holds a huge
+//! id. A kernel that reads past a length, or looks a block id up before checking the length,
+//! gets a NaN output or an out-of-range status instead of a quiet pass.
+//!
 //! FP8-cache cases encode the random BF16 cache into 656-byte entries (`reference::encode_cache`)
 //! and hold the kernel to the reference over those entries dequantized to BF16
 //! (`reference::decode_cache_bf16`, the values the kernel feeds its MMAs), with the same bounds:
@@ -26,8 +32,8 @@ use kernels::{Error, Result};
 use crate::cases::DecodeInputs;
 use crate::gpu::{self, DecodeWorkspace, DeviceCache};
 use crate::reference::{
-    decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, KV_DIM, KV_LORA_RANK,
-    MAX_CHUNK_LEN,
+    decode_cache_bf16, encode_cache, paged_decode, PagedShape, BLOCK_SIZE, FP8_ENTRY_BYTES, KV_DIM,
+    KV_LORA_RANK, MAX_CHUNK_LEN,
 };
 
 const KERNEL: &str = "mla_decode_bf16";
@@ -161,13 +167,14 @@ pub fn check_decode_format(
     let mut inp = DecodeInputs::random(rng, &c.seqlens, s_q, heads, c.shared_prefix, 1);
     // FP8 case: the kernel reads the encoded entries; the reference (and vmax) the BF16 values
     // they dequantize to.
-    let fp8_bytes = if format == CacheFormat::Fp8 {
+    let mut fp8_bytes = if format == CacheFormat::Fp8 {
         let bytes = encode_cache(&inp.cache)?;
         inp.cache = decode_cache_bf16(&bytes)?;
         Some(bytes)
     } else {
         None
     };
+    poison_unread(rng, &mut inp, fp8_bytes.as_deref_mut());
     let s = inp.shape;
     let mut ws = match c.parts {
         Some(p) => DecodeWorkspace::with_parts(gpu, s.batch, s_q, heads, p)?,
@@ -187,6 +194,38 @@ pub fn check_decode_format(
     Ok(cmp
         .report(kernel, case)
         .require(schedule.is_ok(), schedule.err().unwrap_or_default()))
+}
+
+/// FlashMLA-style poisoning of what the kernel must never read: NaN in every cache entry past
+/// each sequence's length (all-ones bytes, NaN codes / scales / rotary values, in the FP8 entries
+/// `fp8_bytes` when given), and a huge block id (2^30 and up, far past `num_blocks`) in every
+/// block-table slot past each sequence's last block. Entries a sequence can see, including a
+/// shared prefix block, are left alone.
+pub fn poison_unread(rng: &mut Rng, inp: &mut DecodeInputs, fp8_bytes: Option<&mut [u8]>) {
+    let s = inp.shape;
+    let mut visible = vec![false; s.num_blocks * BLOCK_SIZE];
+    for (b, &len) in inp.cache_seqlens.iter().enumerate() {
+        let len = len.max(0) as usize;
+        for p in 0..len {
+            visible[crate::reference::paged::slot(&s, &inp.block_table, b, p)] = true;
+        }
+        for slot in &mut inp.block_table[b * s.max_blocks..][len.div_ceil(BLOCK_SIZE)..s.max_blocks]
+        {
+            *slot = (1 << 30) + rng.below(i32::MAX as u64 - (1 << 30)) as i32;
+        }
+    }
+    let hidden = visible
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| !v)
+        .map(|(e, _)| e);
+    let mut fp8_bytes = fp8_bytes;
+    for e in hidden {
+        inp.cache[e * KV_DIM..][..KV_DIM].fill(bf16::NAN);
+        if let Some(bytes) = fp8_bytes.as_deref_mut() {
+            bytes[e * FP8_ENTRY_BYTES..][..FP8_ENTRY_BYTES].fill(0xff);
+        }
+    }
 }
 
 /// Reference work (row-tokens, each 1088 multiply-adds on the CPU) above which only some
@@ -580,10 +619,11 @@ fn run_bad(gpu: &Gpu, inp: &DecodeInputs) -> Result<(bool, bool)> {
     Ok((flagged, got.iter().all(|v| v.to_f32().is_finite())))
 }
 
-/// Every case `harness verify` runs. `quick` trims the long contexts.
-pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
-    let mut rng = Rng::fresh();
-    let rng = &mut rng;
+/// The BF16-cache and FP8-cache cases of [`all_checks`]: the GPU's, or CPU-sized ones for the
+/// interpreter build ([`kernels::EMULATED`]) with the same block-boundary lengths, S_q 1..=4,
+/// prefill chunks, shared prefixes and forced splits, but contexts of hundreds of tokens and
+/// mostly 16 heads on the long ones.
+fn cases(quick: bool) -> (Vec<DecodeCheck>, Vec<DecodeCheck>) {
     let case = |seqlens: Vec<usize>, s_q, heads, parts, shared_prefix| DecodeCheck {
         seqlens,
         s_q,
@@ -591,6 +631,28 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         parts,
         shared_prefix,
     };
+    if kernels::EMULATED {
+        let bf16 = vec![
+            case(vec![1], 1, 128, None, false),
+            case(vec![1, 63, 64, 65], 1, 128, None, false),
+            case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),
+            case(vec![64, 65, 100], 2, 128, Some(1), true),
+            case(vec![700, 5, 300], 3, 64, Some(12), false),
+            case(vec![1000], 1, 16, None, false),
+            case(vec![300; 4], 2, 16, None, true),
+            // Prefill chunks.
+            case(vec![64, 100, 300], 64, 16, None, false),
+            case(vec![37, 200], 37, 16, None, false),
+        ];
+        let fp8 = vec![
+            case(vec![1, 63, 64, 65], 1, 128, None, false),
+            case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),
+            case(vec![700, 5, 300], 3, 64, Some(12), false),
+            case(vec![300; 4], 2, 16, None, true),
+            case(vec![37, 200], 37, 16, Some(5), false),
+        ];
+        return (bf16, fp8);
+    }
     let mut cases = vec![
         case(vec![1], 1, 128, None, false),
         case(vec![1, 63, 64, 65], 1, 128, None, false),
@@ -603,7 +665,7 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     // Prefill chunks (S_q up to 64: many row tiles, causal limits across tiles and blocks).
     cases.push(case(vec![64, 100, 1000], 64, 16, None, false));
     cases.push(case(vec![37, 2100], 37, 128, None, false));
-    let fp8_cases = [
+    let fp8_cases = vec![
         case(vec![1, 63, 64, 65], 1, 128, None, false),
         case(vec![4, 63, 64, 65, 127, 128, 129, 200], 4, 16, None, false),
         case(vec![700, 5, 1500], 3, 64, Some(37), false),
@@ -620,6 +682,14 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         ));
         cases.push(case(vec![16384], 2, 16, None, false));
     }
+    (cases, fp8_cases)
+}
+
+/// Every case `harness verify` runs. `quick` trims the long contexts.
+pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
+    let mut rng = Rng::fresh();
+    let rng = &mut rng;
+    let (cases, fp8_cases) = cases(quick);
     let mut out: Vec<Result<CheckReport>> =
         cases.iter().map(|c| check_decode(gpu, rng, c)).collect();
     for c in &fp8_cases {
@@ -627,4 +697,54 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     }
     out.push(check_bad_inputs(gpu, rng));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::paged::slot;
+
+    /// Visible entries and used table slots stay as they were; everything else is poisoned.
+    #[test]
+    fn poison_unread_hides_only_what_no_sequence_sees() {
+        let mut rng = Rng::new(7);
+        for shared in [false, true] {
+            let clean = DecodeInputs::random(&mut rng, &[65, 64, 130], 2, 16, shared, 1);
+            let mut bytes = encode_cache(&clean.cache).expect("encodes");
+            let mut inp = clean.clone();
+            poison_unread(&mut rng, &mut inp, Some(&mut bytes));
+            let s = inp.shape;
+            let mut visible = vec![false; s.num_blocks * BLOCK_SIZE];
+            for (b, &len) in clean.cache_seqlens.iter().enumerate() {
+                let used = (len as usize).div_ceil(BLOCK_SIZE);
+                let row = b * s.max_blocks;
+                assert_eq!(
+                    inp.block_table[row..][..used],
+                    clean.block_table[row..][..used]
+                );
+                for &id in &inp.block_table[row + used..row + s.max_blocks] {
+                    assert!(id >= 1 << 30, "unused slot holds {id}");
+                }
+                for p in 0..len as usize {
+                    visible[slot(&s, &clean.block_table, b, p)] = true;
+                }
+            }
+            for (e, &v) in visible.iter().enumerate() {
+                let got = &inp.cache[e * KV_DIM..][..KV_DIM];
+                let entry = &bytes[e * FP8_ENTRY_BYTES..][..FP8_ENTRY_BYTES];
+                if v {
+                    let want = &clean.cache[e * KV_DIM..][..KV_DIM];
+                    assert!(got
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(entry.iter().any(|&x| x != 0xff));
+                } else {
+                    assert!(got.iter().all(|x| x.is_nan()), "entry {e}");
+                    assert!(entry.iter().all(|&x| x == 0xff), "entry {e}");
+                }
+            }
+            assert!(visible.iter().any(|v| !v), "something was poisoned");
+        }
+    }
 }

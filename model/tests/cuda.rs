@@ -2,7 +2,8 @@
 //! (cached decode vs one full pass) and against the transformers goldens; bad input must be an
 //! error, never a panic; tokens sampled on the device are the ones host sampling of the same
 //! logits picks. Without a CUDA device (or the feature) each test prints
-//! `skipped: no CUDA device` and checks nothing.
+//! `skipped: no CUDA device` and checks nothing. Every test runs the built-in tiny model; the
+//! interpreter build (`kernels::EMULATED`) runs fewer forward passes (see `sizes`).
 //!
 //! Bounds of CUDA fp8 vs CPU fp8 (per position: cosine >= 0.999, relative Frobenius <= 2e-2):
 //! both compute the same arithmetic (same e4m3 activation quantization per token per 128
@@ -60,6 +61,39 @@ mod gpu {
     const LOOSE_COSINE: f64 = 0.95;
     const MAX_FLIPPED_SHARE: f64 = 0.15;
     const KV_BLOCKS: usize = 16;
+
+    /// How many forward passes the multi-step tests run: the GPU's, or fewer for the
+    /// interpreter build (same lengths and block-boundary crossings, fewer decode steps).
+    struct Sizes {
+        /// Chunk sizes of `cuda_cached_decode_matches_one_full_pass` (70 tokens in all: a
+        /// prefill, single tokens, a mid-sequence chunk, single tokens across position 64).
+        decode_chunks: Vec<usize>,
+        /// New tokens per request of the speculative and device-sampling generations.
+        speculative_new_tokens: usize,
+        sampled_new_tokens: usize,
+    }
+
+    fn sizes() -> Sizes {
+        if kernels::EMULATED {
+            let mut decode_chunks = vec![3, 1, 1, 9, 48];
+            decode_chunks.extend(std::iter::repeat_n(1, 8));
+            Sizes {
+                decode_chunks,
+                speculative_new_tokens: 6,
+                sampled_new_tokens: 6,
+            }
+        } else {
+            let mut decode_chunks = vec![3];
+            decode_chunks.extend(std::iter::repeat_n(1, 10));
+            decode_chunks.push(9);
+            decode_chunks.extend(std::iter::repeat_n(1, 70 - 22));
+            Sizes {
+                decode_chunks,
+                speculative_new_tokens: 11,
+                sampled_new_tokens: 9,
+            }
+        }
+    }
 
     fn tiny() -> (TempDir, Checkpoint) {
         let dir = TempDir::new("cuda-tiny");
@@ -311,13 +345,11 @@ mod gpu {
         let (full, full_trace) = cuda.forward_traced(&full_chunk, LogitRows::All).unwrap();
         // Chunks: a 3-token prefill, single tokens, a 9-token chunk starting mid-sequence (two
         // attention rounds over a non-empty cache), single tokens across the block boundary.
-        let mut sizes = vec![3];
-        sizes.extend(std::iter::repeat_n(1, 10));
-        sizes.push(9);
-        sizes.extend(std::iter::repeat_n(1, 70 - 22));
+        let chunk_sizes = sizes().decode_chunks;
+        assert_eq!(chunk_sizes.iter().sum::<usize>(), 70);
         let (mut got, mut trace) = (Vec::new(), Trace::default());
         let mut start = 0;
-        for &n in &sizes {
+        for &n in &chunk_sizes {
             let chunk = [SeqChunk {
                 ids: &ids[start..start + n],
                 start,
@@ -795,7 +827,9 @@ mod gpu {
         let vocab = e.config().vocab_size;
         let all: Vec<Request> = [(4, 1), (30, 2), (2, 3), (63, 4)]
             .iter()
-            .map(|&(len, salt)| greedy_request(prompt(len, salt, vocab), 11))
+            .map(|&(len, salt)| {
+                greedy_request(prompt(len, salt, vocab), sizes().speculative_new_tokens)
+            })
             .collect();
         for batch in [1usize, 4] {
             let reqs = &all[..batch];
@@ -954,7 +988,7 @@ mod gpu {
                     SamplingParams::GREEDY
                 },
                 seed: 77 + salt as u64,
-                ..greedy_request(prompt(len, salt, vocab), 9)
+                ..greedy_request(prompt(len, salt, vocab), sizes().sampled_new_tokens)
             })
             .collect();
         let host = Engine::new(HostSampled(&mut cuda))

@@ -1,6 +1,7 @@
 //! Permute / combine kernels against the reference on the GPU (`moe_dispatch::checks::permute`),
 //! with proptest choosing shapes and routings: empty experts, all tokens on one expert, T = 1,
-//! K = E, widths that are not multiples of 8 or 128, bad ids and masked overflow. Without a CUDA
+//! K = E, widths that are not multiples of 8 or 128, bad ids and masked overflow; fewer cases and
+//! tokens in the interpreter build (`kernels::EMULATED`, see `sizes`). Without a CUDA
 //! device (or without the `cuda` feature) each test prints `skipped: no CUDA device`.
 
 #[cfg(not(feature = "cuda"))]
@@ -20,7 +21,42 @@ mod gpu {
     use moe_dispatch::checks::permute::{self as checks, DispatchFormat, Routing};
     use proptest::prelude::*;
 
-    const CASES: u32 = 12;
+    use std::ops::Range;
+
+    /// Proptest cases, token counts and the masked-buffer limit: the GPU's, or CPU-sized ones for
+    /// the interpreter build (every routing, format, hidden size and expert count still drawn,
+    /// with zero, one and tile-straddling token counts).
+    struct Sizes {
+        cases: u32,
+        layout_tokens: Vec<usize>,
+        layout_k_equals_e_tokens: Range<usize>,
+        dispatch_tokens: Vec<usize>,
+        combine_tokens: Vec<usize>,
+        /// Largest masked buffer (elements) a skewed case may allocate.
+        masked_limit: usize,
+    }
+
+    fn sizes() -> Sizes {
+        if kernels::EMULATED {
+            Sizes {
+                cases: 6,
+                layout_tokens: vec![0, 1, 2, 63, 200, 300],
+                layout_k_equals_e_tokens: 1..100,
+                dispatch_tokens: vec![1, 5, 64, 130],
+                combine_tokens: vec![1, 3, 64, 130],
+                masked_limit: 1 << 23,
+            }
+        } else {
+            Sizes {
+                cases: 12,
+                layout_tokens: vec![0, 1, 2, 63, 200, 1025, 4096],
+                layout_k_equals_e_tokens: 1..300,
+                dispatch_tokens: vec![1, 5, 64, 300],
+                combine_tokens: vec![1, 3, 64, 257],
+                masked_limit: 1 << 27,
+            }
+        }
+    }
 
     fn routing() -> impl Strategy<Value = Routing> {
         prop::sample::select(vec![Routing::Uniform, Routing::Skewed, Routing::OneExpert])
@@ -35,7 +71,8 @@ mod gpu {
     }
 
     /// The masked buffers are `[E, m_max, H]` with m_max the busiest expert's count: with skewed
-    /// routings that is up to T * K rows per expert, so keep those cases under 2^27 elements.
+    /// routings that is up to T * K rows per expert, so keep those cases under
+    /// `sizes().masked_limit` elements (2^27 on a GPU).
     fn masked_size_ok(
         masked: bool,
         routing: Routing,
@@ -46,16 +83,16 @@ mod gpu {
     ) -> bool {
         !masked
             || routing == Routing::Uniform
-            || num_experts * (tokens * top_k + 2) * hidden <= 1 << 27
+            || num_experts * (tokens * top_k + 2) * hidden <= sizes().masked_limit
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(CASES))]
+        #![proptest_config(ProptestConfig::with_cases(sizes().cases))]
 
         #[test]
         fn layouts(
             routing in routing(),
-            tokens in prop::sample::select(vec![0usize, 1, 2, 63, 200, 1025, 4096]),
+            tokens in prop::sample::select(sizes().layout_tokens),
             num_experts in prop::sample::select(vec![1usize, 3, 8, 64, 256, 512]),
             k_frac in 0.0f64..1.0,
             align in prop::sample::select(vec![1usize, 4, 128]),
@@ -66,7 +103,7 @@ mod gpu {
         }
 
         #[test]
-        fn layouts_k_equals_e(tokens in 1usize..300, num_experts in 1usize..=256, align in prop::sample::select(vec![1usize, 128])) {
+        fn layouts_k_equals_e(tokens in sizes().layout_k_equals_e_tokens, num_experts in 1usize..=256, align in prop::sample::select(vec![1usize, 128])) {
             let Some(g) = gpu("permute_layouts_k_equals_e") else { return Ok(()) };
             assert_pass(checks::check_layouts(g, &mut Rng::fresh(), Routing::Uniform, tokens, num_experts, num_experts, align));
         }
@@ -74,7 +111,7 @@ mod gpu {
         #[test]
         fn dispatch(
             routing in routing(),
-            tokens in prop::sample::select(vec![1usize, 5, 64, 300]),
+            tokens in prop::sample::select(sizes().dispatch_tokens),
             hidden in prop::sample::select(vec![7168usize, 2048, 200, 128, 7, 1]),
             top_k in 1usize..=8,
             num_experts in prop::sample::select(vec![8usize, 16, 256]),
@@ -95,7 +132,7 @@ mod gpu {
         #[test]
         fn combine(
             routing in routing(),
-            tokens in prop::sample::select(vec![1usize, 3, 64, 257]),
+            tokens in prop::sample::select(sizes().combine_tokens),
             hidden in prop::sample::select(vec![7168usize, 512, 100, 8, 7]),
             top_k in 1usize..=9,
             num_experts in prop::sample::select(vec![9usize, 32, 256]),

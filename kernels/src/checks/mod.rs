@@ -70,17 +70,42 @@ impl CheckReport {
 /// errors of order 1).
 pub const BF16_ELEMENTWISE_TOL: f64 = 4e-3;
 
+/// Sizes of [`all_checks`]: the GPU's, or CPU-sized ones for the interpreter build
+/// ([`crate::EMULATED`]) that keep the real row widths (7168, 2048, the 129 280-entry vocabulary
+/// for one row) and the odd widths but few rows.
+struct Sizes {
+    rows: &'static [usize],
+    embedding: (usize, usize, usize),
+    sample_rows: &'static [usize],
+}
+
+fn sizes(quick: bool) -> Sizes {
+    if crate::EMULATED {
+        Sizes {
+            rows: if quick { &[1, 7] } else { &[1, 7, 65] },
+            embedding: (2048, 7168, 9),
+            sample_rows: &[1],
+        }
+    } else {
+        Sizes {
+            rows: if quick {
+                &[1, 7, 64]
+            } else {
+                &[1, 7, 64, 333, 2048]
+            },
+            embedding: (129_280, 7168, if quick { 16 } else { 300 }),
+            sample_rows: if quick { &[1, 8] } else { &[1, 8, 64] },
+        }
+    }
+}
+
 /// Every shared-op and Hopper-primitive case `harness verify` runs. `quick` trims the large shapes.
 pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     let mut rng = Rng::fresh();
     let rng = &mut rng;
+    let sizes = sizes(quick);
     let mut out = vec![check_e4m3_codec(gpu, rng)];
-    let rows: &[usize] = if quick {
-        &[1, 7, 64]
-    } else {
-        &[1, 7, 64, 333, 2048]
-    };
-    for &t in rows {
+    for &t in sizes.rows {
         out.push(check_rms_norm(gpu, rng, t, 7168, false));
         out.push(check_rms_norm(gpu, rng, t, 7168, true));
         out.push(check_silu_mul(gpu, rng, t, 2048));
@@ -136,21 +161,12 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         crate::reference::ScaleLayout::BlockMajor,
         false,
     ));
-    out.push(check_embedding(
-        gpu,
-        rng,
-        129_280,
-        7168,
-        if quick { 16 } else { 300 },
-    ));
+    let (vocab, hidden, tokens) = sizes.embedding;
+    out.push(check_embedding(gpu, rng, vocab, hidden, tokens));
     out.push(check_embedding(gpu, rng, 1000, 100, 9));
     out.push(check_embedding_bad_id(gpu, rng));
     out.push(check_rope_bad_position(gpu, rng));
-    for &b in if quick {
-        &[1usize, 8][..]
-    } else {
-        &[1, 8, 64][..]
-    } {
+    for &b in sizes.sample_rows {
         out.push(check_argmax(gpu, rng, b, 129_280));
         out.push(check_sample(gpu, rng, b, 129_280, 0.7, 0.9));
         out.push(check_sample(gpu, rng, b, 129_280, 1.0, 1.0));

@@ -503,28 +503,65 @@ pub fn v2_and_odd_configs() -> Vec<RoutingConfig> {
     ]
 }
 
+/// The sizes of [`all_checks`].
+struct Sizes {
+    /// Token counts of the V3 / max-config routing and of the gate at V3's hidden size.
+    tokens: &'static [usize],
+    /// Token counts of the per-style and V2 / odd-config routing runs.
+    style_tokens: usize,
+    /// (tokens, hidden, experts) of the gate with each tile forced.
+    gate_forced: (usize, usize, usize),
+    /// Tokens of the V3 gate-then-route run.
+    gate_route_tokens: usize,
+    /// Tokens of the two larger expert-count runs.
+    counts: (usize, usize),
+}
+
+/// The GPU's sizes, or CPU-sized ones for the interpreter build ([`kernels::EMULATED`]): every
+/// config, style and forced gate tile still runs, on tens to hundreds of tokens.
+fn sizes(quick: bool) -> Sizes {
+    if kernels::EMULATED {
+        Sizes {
+            tokens: if quick { &[1, 7] } else { &[1, 7, 65] },
+            style_tokens: 65,
+            gate_forced: (130, 2048, 256),
+            gate_route_tokens: 65,
+            counts: (512, 300),
+        }
+    } else {
+        Sizes {
+            tokens: if quick {
+                &[1, 7, 128]
+            } else {
+                &[1, 7, 128, 4096]
+            },
+            style_tokens: 128,
+            gate_forced: (300, 7168, 256),
+            gate_route_tokens: 128,
+            counts: (if quick { 512 } else { 4096 }, 1000),
+        }
+    }
+}
+
 /// Every routing case `harness verify` runs. `quick` drops the 4096-token shapes.
 pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     let mut rng = Rng::fresh();
     let rng = &mut rng;
     let mut out = Vec::new();
-    let tokens: &[usize] = if quick {
-        &[1, 7, 128]
-    } else {
-        &[1, 7, 128, 4096]
-    };
+    let sizes = sizes(quick);
+    let tokens = sizes.tokens;
     let v3 = RoutingConfig::deepseek_v3();
     for &t in tokens {
         out.push(check_route(gpu, rng, &v3, t, LogitStyle::Normal));
         out.push(check_route(gpu, rng, &max_config(), t, LogitStyle::Normal));
     }
     for style in LogitStyle::ALL {
-        out.push(check_route(gpu, rng, &v3, 128, style));
+        out.push(check_route(gpu, rng, &v3, sizes.style_tokens, style));
         out.push(check_route(gpu, rng, &max_config(), 64, style));
     }
     for cfg in v2_and_odd_configs() {
         for style in [LogitStyle::Normal, LogitStyle::Ties, LogitStyle::Extremes] {
-            out.push(check_route(gpu, rng, &cfg, 128, style));
+            out.push(check_route(gpu, rng, &cfg, sizes.style_tokens, style));
         }
     }
     for _ in 0..if quick { 4 } else { 16 } {
@@ -535,22 +572,10 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
     for &t in tokens {
         out.push(check_gate_logits(gpu, rng, t, 7168, 256, None));
     }
-    out.push(check_gate_logits(
-        gpu,
-        rng,
-        300,
-        7168,
-        256,
-        Some(GateTile::Large),
-    ));
-    out.push(check_gate_logits(
-        gpu,
-        rng,
-        300,
-        7168,
-        256,
-        Some(GateTile::Small),
-    ));
+    let (t, hidden, experts) = sizes.gate_forced;
+    for tile in [GateTile::Large, GateTile::Small] {
+        out.push(check_gate_logits(gpu, rng, t, hidden, experts, Some(tile)));
+    }
     out.push(check_gate_logits(
         gpu,
         rng,
@@ -568,7 +593,13 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         Some(GateTile::Small),
     ));
     out.push(check_gate_logits(gpu, rng, 3, 5, 1, None));
-    out.push(check_gate_then_route(gpu, rng, &v3, 128, 7168));
+    out.push(check_gate_then_route(
+        gpu,
+        rng,
+        &v3,
+        sizes.gate_route_tokens,
+        7168,
+    ));
     out.push(check_gate_then_route(
         gpu,
         rng,
@@ -577,14 +608,8 @@ pub fn all_checks(gpu: &Gpu, quick: bool) -> Vec<Result<CheckReport>> {
         2048,
     ));
     out.push(check_expert_counts(gpu, rng, 1, 8, 256));
-    out.push(check_expert_counts(
-        gpu,
-        rng,
-        if quick { 512 } else { 4096 },
-        8,
-        256,
-    ));
-    out.push(check_expert_counts(gpu, rng, 1000, 16, 512));
+    out.push(check_expert_counts(gpu, rng, sizes.counts.0, 8, 256));
+    out.push(check_expert_counts(gpu, rng, sizes.counts.1, 16, 512));
     out.push(check_expert_counts_bad_id(gpu, rng));
     out
 }
