@@ -246,7 +246,7 @@ __device__ __forceinline__ void fp8_gemm_body(const CUtensorMap* tmap_a, const C
   // loudly instead of overrunning shared memory.
   if (dsv3::dynamic_smem_size() < Cfg::kSmemBytes) __trap();
 
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  DSV3_DYNAMIC_SMEM(uint8_t, dyn_smem);
   uint8_t* smem = dsv3::smem_align_up<1024>(dyn_smem);
   uint64_t* full_bar = reinterpret_cast<uint64_t*>(smem + Cfg::kOffBar);
   uint64_t* empty_bar = full_bar + STAGES;

@@ -57,7 +57,7 @@ template <WgmmaTest kTest>
 __device__ __forceinline__ void wgmma_selftest_body(const uint8_t* a, const uint8_t* b, float* d,
                                                     int k) {
   constexpr bool kBf16 = kTest != WgmmaTest::kE4m3;
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  DSV3_DYNAMIC_SMEM(uint8_t, dyn_smem);
   uint8_t* smem_a = dsv3::smem_align_up<1024>(dyn_smem);
   uint8_t* smem_b = smem_a + kTileBytes;
   const uint32_t addr_a = dsv3::smem_u32(smem_a);
@@ -116,7 +116,7 @@ __device__ __forceinline__ void wgmma_selftest_body(const uint8_t* a, const uint
 // grid (1,1,1), block (128,1,1), dynamic smem n*4 bytes (n*4 a multiple of 16, <= 48 KiB);
 // src and dst 16-byte aligned.
 extern "C" __global__ void hopper_bulk_copy_selftest(const float* src, float* dst, int n) {
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  DSV3_DYNAMIC_SMEM(uint8_t, dyn_smem);
   __shared__ __align__(8) uint64_t bar;
   float* buf = reinterpret_cast<float*>(dyn_smem);
   if (n <= 0) return;
@@ -151,7 +151,7 @@ extern "C" __global__ void hopper_bulk_copy_selftest(const float* src, float* ds
 // src_map: bf16, rank 2, dims {cols, rows}, stride {cols*2}, box {64, 64}, SWIZZLE_128B.
 extern "C" __global__ void hopper_tma_tile_selftest(const __grid_constant__ CUtensorMap src_map,
                                                     __nv_bfloat16* dst, int rows, int cols) {
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  DSV3_DYNAMIC_SMEM(uint8_t, dyn_smem);
   __shared__ __align__(8) uint64_t bar;
   uint8_t* tile = dsv3::smem_align_up<1024>(dyn_smem);
   const int col0 = blockIdx.x * kTile;

@@ -252,7 +252,7 @@ __device__ __forceinline__ void decode_body(
   constexpr int kSmemBytes = kFp8 ? kSmemFp8 : kSmemBf16;
   constexpr int kKvTiles = kFp8 ? 1 : 2;  // BF16 KV tiles (FP8: one, fed by the staging buffer)
   if (dynamic_smem_size() < static_cast<uint32_t>(kSmemBytes)) __trap();
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  DSV3_DYNAMIC_SMEM(uint8_t, smem_raw);
   uint8_t* smem = smem_align_up<1024>(smem_raw);
   uint8_t* q_tile = smem;
   uint8_t* kv_tiles = q_tile + kTileBytes;

@@ -65,7 +65,7 @@ extern "C" __global__ void mla_kv_append_bf16(const __nv_bfloat16* kv, const __n
 extern "C" __global__ void mla_absorb_q_bf16(const __nv_bfloat16* q, const __nv_bfloat16* w_uk,
                                              __nv_bfloat16* q_abs, int heads, int d_nope,
                                              int d_rope, int d_c) {
-  extern __shared__ float q_nope[];
+  DSV3_DYNAMIC_SMEM(float, q_nope);
   const long long th = blockIdx.x;
   const int h = static_cast<int>(th % heads);
   const __nv_bfloat16* qh = q + th * (d_nope + d_rope);
@@ -86,7 +86,7 @@ extern "C" __global__ void mla_absorb_q_bf16(const __nv_bfloat16* q, const __nv_
 // Grid: T * H blocks; dynamic shared memory d_c floats; blockDim a multiple of 32.
 extern "C" __global__ void mla_absorb_o_bf16(const __nv_bfloat16* o_lat, const __nv_bfloat16* w_uv,
                                              __nv_bfloat16* o, int heads, int d_v, int d_c) {
-  extern __shared__ float lat[];
+  DSV3_DYNAMIC_SMEM(float, lat);
   const long long th = blockIdx.x;
   const int h = static_cast<int>(th % heads);
   const __nv_bfloat16* src = o_lat + th * d_c;

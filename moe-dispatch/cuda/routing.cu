@@ -24,6 +24,8 @@
 #include <stdint.h>
 
 #include "dsv3/common.cuh"
+#include "dsv3/hopper.cuh"  // cp.async
+#include "dsv3/mma.cuh"
 
 using namespace dsv3;
 
@@ -251,29 +253,6 @@ constexpr int kGemmThreads = 128;
 constexpr int kStages = 4;
 constexpr int kWarpK = 32;  // K columns one warp consumes per stage (two k16 mma steps)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; src_bytes = 0 zero-fills the destination without reading global memory.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // BM x BN output tile per block; warps arranged WM x WN over the tile and KSPLIT along K (warp
 // wk consumes columns [wk * 32, wk * 32 + 32) of each stage; the partial tiles are summed in the
 // order wk = 0, 1, 2, ... at the end).
@@ -314,7 +293,7 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16 (*dst)[LD], const __nv_b
       // H % 8 == 0 and 16-byte aligned rows: a chunk is wholly inside or outside.
       const bool in = gr < rows && gk < H;
       const __nv_bfloat16* p = in ? src + static_cast<long>(gr) * H + gk : src;
-      cp_async16(&dst[r][col], p, in ? 16 : 0);
+      dsv3::cp_async_16(&dst[r][col], p, in ? 16u : 0u);
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -357,14 +336,14 @@ __device__ __forceinline__ void gate_gemm_body(const __nv_bfloat16* __restrict__
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < ktiles) load_stage(s, s);
-    cp_async_commit();
+    dsv3::cp_async_commit();
   }
   for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kStages - 2>();
+    dsv3::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage kt visible to all; everyone is done with stage kt - 1
     const int next = kt + kStages - 1;
     if (next < ktiles) load_stage(next % kStages, next);
-    cp_async_commit();
+    dsv3::cp_async_commit();
 
     const int st = kt % kStages;
 #pragma unroll
@@ -388,10 +367,10 @@ __device__ __forceinline__ void gate_gemm_body(const __nv_bfloat16* __restrict__
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < NT; ++j) mma_bf16(acc[i][j], af[i], bfr[j]);
+        for (int j = 0; j < NT; ++j) dsv3::mma_m16n8k16_bf16(acc[i][j], af[i], bfr[j]);
     }
   }
-  cp_async_wait<0>();
+  dsv3::cp_async_wait<0>();
 
   if constexpr (KSPLIT > 1) {
     if (wk > 0) {
@@ -457,7 +436,7 @@ extern "C" __global__ void __launch_bounds__(kGemmThreads)
 extern "C" __global__ void __launch_bounds__(256)
     expert_counts_i32(const int* __restrict__ ids, long n, int num_experts, int* __restrict__ counts,
                       int* status) {
-  extern __shared__ int hist[];
+  DSV3_DYNAMIC_SMEM(int, hist);
   for (int e = threadIdx.x; e < num_experts; e += blockDim.x) hist[e] = 0;
   __syncthreads();
   const long stride = static_cast<long>(gridDim.x) * blockDim.x;

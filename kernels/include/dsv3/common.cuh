@@ -5,6 +5,13 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+// Dynamic shared memory, declared the one way both builds understand: `extern __shared__ T
+// name[]` on the GPU; in the interpreter build (dsv3/emu/cuda_emu.h) a pointer to the block's
+// dynamic shared window.
+#ifndef DSV3_EMULATE
+#define DSV3_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 namespace dsv3 {
 
 // Status codes a kernel may record in a caller-provided `int* status` word. The host side

@@ -2,8 +2,10 @@
 // proxy fences, cp.async, bulk / TMA copies, wgmma and the shared-memory layouts they agree on.
 //
 // Everything here is a thin inline-PTX wrapper; each comment names the PTX it emits and the
-// ordering rule a caller must respect. wgmma needs the arch-specific target (sm_90a / compute_90a);
-// a translation unit built for any other target fails in ptxas, which is intended.
+// ordering rule a caller must respect. In the interpreter build (DSV3_EMULATE, host g++) each
+// wrapper's body calls instead the emulated semantics in dsv3/emu/hopper_emu.h.
+// wgmma needs the arch-specific target (sm_90a / compute_90a); a translation unit built for any
+// other target fails in ptxas, which is intended.
 //
 // Conventions:
 // * "smem address" = a 32-bit address in the CTA's shared window, from smem_u32(). Every PTX
@@ -17,6 +19,10 @@
 
 #include <cuda.h>  // CUtensorMap
 #include <stdint.h>
+
+#ifdef DSV3_EMULATE
+#include "dsv3/emu/hopper_emu.h"  // the interpreter build's semantics of every wrapper below
+#endif
 
 namespace dsv3 {
 
@@ -50,42 +56,65 @@ __device__ __forceinline__ uint8_t* smem_align_up(uint8_t* ptr) {
 
 // mbarrier.init.shared::cta.b64 [bar], count — expected arrivals per phase.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#ifdef DSV3_EMULATE
+  emu::mbar_init(bar, count);
+#else
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count)
                : "memory");
+#endif
 }
 
 // fence.mbarrier_init.release.cluster — makes prior mbarrier.init visible to other threads and
 // the async proxy. Issue once after the inits, by the initialising thread, before the block
 // barrier. (Compiles to next to nothing for a non-cluster launch; keep it for cluster launches.)
 __device__ __forceinline__ void fence_barrier_init() {
+#ifdef DSV3_EMULATE
+  // Ordering only: the interpreter runs one fiber at a time.
+#else
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
 }
 
 // mbarrier.arrive.shared::cta.b64 — one arrival (release semantics, CTA scope).
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef DSV3_EMULATE
+  emu::mbar_arrive(bar);
+#else
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+#endif
 }
 
 // mbarrier.arrive.expect_tx.shared::cta.b64 — one arrival plus `bytes` of expected transaction
 // count for the current phase. Issue it (normally by the thread that launches the copies) in the
 // same phase as the copies that complete_tx against it; order against the copies does not matter.
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef DSV3_EMULATE
+  emu::mbar_arrive_expect_tx(bar, bytes);
+#else
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)),
                "r"(bytes)
                : "memory");
+#endif
 }
 
 // mbarrier.expect_tx.relaxed.cta.shared::cta.b64 — adds expected transaction bytes without
 // arriving (for a phase whose arrivals come from elsewhere).
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef DSV3_EMULATE
+  emu::mbar_expect_tx(bar, bytes);
+#else
   asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)),
                "r"(bytes)
                : "memory");
+#endif
 }
 
 // mbarrier.try_wait.parity.shared::cta.b64 (acquire, CTA scope) — true once the phase with the
 // given parity has completed. May return false after a hardware time limit; callers loop.
 __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+#ifdef DSV3_EMULATE
+  return emu::mbar_try_wait(bar, parity);
+#else
   uint32_t done;
   asm volatile(
       "{\n"
@@ -97,6 +126,7 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
       : "r"(smem_u32(bar)), "r"(parity)
       : "memory");
   return done != 0;
+#endif
 }
 
 // Blocks until the phase with parity `phase` (0 or 1) has completed. Data written by TMA / bulk
@@ -109,7 +139,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
 // mbarrier.inval.shared::cta.b64 — retires the barrier so its 8 bytes may be reused as ordinary
 // shared memory. Every thread must be done with it (put a block barrier in front).
 __device__ __forceinline__ void mbar_inval(uint64_t* bar) {
+#ifdef DSV3_EMULATE
+  emu::mbar_inval(bar);
+#else
   asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,19 +156,31 @@ __device__ __forceinline__ void mbar_inval(uint64_t* bar) {
 
 // fence.proxy.async.shared::cta
 __device__ __forceinline__ void fence_proxy_async_shared() {
+#ifdef DSV3_EMULATE
+  // Ordering only: generic and async proxies see one memory in the interpreter.
+#else
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
 }
 
 // Same PTX as fence_proxy_async_shared(); the name used at "make my smem writes visible to the
 // async view" sites (before a TMA store / wgmma reads what this thread wrote).
 __device__ __forceinline__ void fence_view_async_shared() {
+#ifdef DSV3_EMULATE
+  // Ordering only: generic and async proxies see one memory in the interpreter.
+#else
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
 }
 
 // fence.proxy.async — all state spaces (e.g. global memory written by st.global and then read
 // by a TMA load in the same kernel).
 __device__ __forceinline__ void fence_proxy_async() {
+#ifdef DSV3_EMULATE
+  // Ordering only.
+#else
   asm volatile("fence.proxy.async;" ::: "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,15 +192,23 @@ __device__ __forceinline__ void fence_proxy_async() {
 // valid-looking src). dst and src 16-byte aligned. Completion via commit / wait_group below.
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src,
                                             uint32_t src_bytes = 16) {
+#ifdef DSV3_EMULATE
+  emu::cp_async_16(smem_dst, gmem_src, src_bytes);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem_dst)),
                "l"(gmem_src), "r"(src_bytes)
                : "memory");
+#endif
 }
 
 // cp.async.commit_group — closes the group of this thread's cp.async issued since the last
 // commit.
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef DSV3_EMULATE
+  emu::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
 }
 
 // cp.async.wait_group N — waits until at most N of this thread's committed groups are pending.
@@ -162,7 +216,11 @@ __device__ __forceinline__ void cp_async_commit() {
 // threads' data.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef DSV3_EMULATE
+  emu::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,11 +233,15 @@ __device__ __forceinline__ void cp_async_wait() {
 // mbar_arrive_expect_tx / mbar_expect_tx for the same phase).
 __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_src, uint32_t bytes,
                                               uint64_t* bar) {
+#ifdef DSV3_EMULATE
+  emu::bulk_copy_g2s(smem_dst, gmem_src, bytes, bar);
+#else
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
           "r"(smem_u32(smem_dst)),
       "l"(gmem_src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+#endif
 }
 
 // cp.async.bulk.global.shared::cta.bulk_group [dst], [src], bytes — shared -> global. The smem
@@ -187,28 +249,44 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 // completion with bulk_commit_group() / bulk_wait_group*().
 __device__ __forceinline__ void bulk_copy_s2g(void* gmem_dst, const void* smem_src,
                                               uint32_t bytes) {
+#ifdef DSV3_EMULATE
+  emu::bulk_copy_s2g(gmem_dst, smem_src, bytes);
+#else
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gmem_dst),
                "r"(smem_u32(smem_src)), "r"(bytes)
                : "memory");
+#endif
 }
 
 // cp.async.bulk.commit_group — closes this thread's bulk_group (bulk and tensor stores).
 __device__ __forceinline__ void bulk_commit_group() {
+#ifdef DSV3_EMULATE
+  emu::bulk_commit_group();
+#else
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#endif
 }
 
 // cp.async.bulk.wait_group N — at most N of this thread's bulk groups pending; the writes of the
 // completed ones are done (visible to the executing thread).
 template <int N>
 __device__ __forceinline__ void bulk_wait_group() {
+#ifdef DSV3_EMULATE
+  emu::bulk_wait_group(N);
+#else
   asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+#endif
 }
 
 // cp.async.bulk.wait_group.read N — weaker: only the shared-memory *reads* of the completed
 // groups are done, so their smem may be overwritten; the global writes may still be in flight.
 template <int N>
 __device__ __forceinline__ void bulk_wait_group_read() {
+#ifdef DSV3_EMULATE
+  emu::bulk_wait_group(N);  // performs fully: stronger than .read
+#else
   asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,7 +298,11 @@ __device__ __forceinline__ void bulk_wait_group_read() {
 
 // prefetch.tensormap [tmap] — warms the descriptor cache; optional, one thread, before first use.
 __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* tmap) {
+#ifdef DSV3_EMULATE
+  (void)tmap;  // a cache hint
+#else
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
+#endif
 }
 
 // cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
@@ -228,22 +310,32 @@ __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* tmap) {
 // CU_TENSOR_MAP_SWIZZLE_128B so the swizzle pattern starts at row 0).
 __device__ __forceinline__ void tma_load_2d(void* smem_dst, const CUtensorMap* tmap, uint64_t* bar,
                                             int32_t c0, int32_t c1) {
+#ifdef DSV3_EMULATE
+  const int32_t coord[2] = {c0, c1};
+  emu::tma_load(smem_dst, tmap, bar, 2, coord);
+#else
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3}], [%4];" ::"r"(smem_u32(smem_dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
       : "memory");
+#endif
 }
 
 // cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
 // [dst], [tmap, {c0, c1, c2}], [bar]
 __device__ __forceinline__ void tma_load_3d(void* smem_dst, const CUtensorMap* tmap, uint64_t* bar,
                                             int32_t c0, int32_t c1, int32_t c2) {
+#ifdef DSV3_EMULATE
+  const int32_t coord[3] = {c0, c1, c2};
+  emu::tma_load(smem_dst, tmap, bar, 3, coord);
+#else
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(smem_u32(smem_dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
       : "memory");
+#endif
 }
 
 // cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [tmap, {c0, c1}], [src] — stores one box
@@ -251,11 +343,16 @@ __device__ __forceinline__ void tma_load_3d(void* smem_dst, const CUtensorMap* t
 // barrier before, bulk_commit_group() / bulk_wait_group*() after.
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* tmap, const void* smem_src,
                                              int32_t c0, int32_t c1) {
+#ifdef DSV3_EMULATE
+  const int32_t coord[2] = {c0, c1};
+  emu::tma_store(tmap, smem_src, 2, coord);
+#else
   asm volatile(
       "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
           reinterpret_cast<uint64_t>(tmap)),
       "r"(smem_u32(smem_src)), "r"(c0), "r"(c1)
       : "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,6 +361,9 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* tmap, const void
 
 // elect.sync — true in exactly one active lane of the (fully active) warp.
 __device__ __forceinline__ bool elect_one_sync() {
+#ifdef DSV3_EMULATE
+  return emu::elect_one_sync();
+#else
   uint32_t elected;
   asm volatile(
       "{\n"
@@ -276,27 +376,40 @@ __device__ __forceinline__ bool elect_one_sync() {
       :
       : "memory");
   return elected != 0;
+#endif
 }
 
 // bar.sync id, threads — named barrier over `threads` threads (multiple of 32). Id 0 is the one
 // __syncthreads() uses.
 __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+#ifdef DSV3_EMULATE
+  emu::named_barrier_sync(id, threads);
+#else
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+#endif
 }
 
 // bar.arrive id, threads — signals named barrier `id` without waiting (the producer side of a
 // producer / consumer hand-off between warps; the consumers bar.sync with the same thread count).
 __device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+#ifdef DSV3_EMULATE
+  emu::named_barrier_arrive(id, threads);
+#else
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+#endif
 }
 
 // %dynamic_smem_size — bytes of dynamic shared memory this launch was given. Kernels whose layout
 // is a compile-time constant check it on entry, so a host-side size mismatch traps instead of
 // silently overrunning shared memory.
 __device__ __forceinline__ uint32_t dynamic_smem_size() {
+#ifdef DSV3_EMULATE
+  return emu::dynamic_smem_size();
+#else
   uint32_t bytes;
   asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
   return bytes;
+#endif
 }
 
 // setmaxnreg.inc / .dec.sync.aligned.u32 N — warpgroup-wide register reallocation for warp
@@ -305,11 +418,19 @@ __device__ __forceinline__ uint32_t dynamic_smem_size() {
 // __launch_bounds__(threads, 1), otherwise it reports C7508 and ignores the instruction.
 template <uint32_t N>
 __device__ __forceinline__ void warpgroup_reg_alloc() {
+#ifdef DSV3_EMULATE
+  emu::setmaxnreg(N, true);
+#else
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+#endif
 }
 template <uint32_t N>
 __device__ __forceinline__ void warpgroup_reg_dealloc() {
+#ifdef DSV3_EMULATE
+  emu::setmaxnreg(N, false);
+#else
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,18 +443,30 @@ __device__ __forceinline__ void warpgroup_reg_dealloc() {
 
 // wgmma.fence.sync.aligned — orders prior register / smem accesses before the following wgmma.
 __device__ __forceinline__ void wgmma_fence() {
+#ifdef DSV3_EMULATE
+  // Ordering only: each thread's wgmma groups are performed in issue order.
+#else
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
 }
 
 // wgmma.commit_group.sync.aligned — closes the group of wgmma issued since the last commit.
 __device__ __forceinline__ void wgmma_commit_group() {
+#ifdef DSV3_EMULATE
+  emu::wgmma_commit_group();
+#else
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
 }
 
 // wgmma.wait_group.sync.aligned N — at most N committed wgmma groups still pending.
 template <int N>
 __device__ __forceinline__ void wgmma_wait_group() {
+#ifdef DSV3_EMULATE
+  emu::wgmma_wait_group(N);
+#else
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#endif
 }
 
 // CUTLASS-style names for the same three steps.
@@ -348,7 +481,11 @@ __device__ __forceinline__ void warpgroup_wait() {
 // cannot move ordinary uses of it across the wgmma fence / wait (emits no instruction). Apply to
 // every accumulator before wgmma_fence() and after wgmma_wait_group().
 __device__ __forceinline__ void warpgroup_fence_operand(float& reg) {
+#ifdef DSV3_EMULATE
+  (void)reg;  // the deferred wgmma writes through a pointer that escaped: nothing is cached
+#else
   asm volatile("" : "+f"(reg)::"memory");
+#endif
 }
 template <int N>
 __device__ __forceinline__ void warpgroup_fence_operand(float (&regs)[N]) {
@@ -516,12 +653,16 @@ template <int N, bool kTransB = false>
 __device__ __forceinline__ void wgmma_m64nNk16_bf16(float (&d)[N / 2], uint64_t desc_a,
                                                     uint64_t desc_b, bool accumulate) {
   static_assert(N == 16 || N == 32 || N == 64 || N == 128 || N == 256, "unsupported wgmma N");
+#ifdef DSV3_EMULATE
+  emu::wgmma_issue(d, N, emu::GmmaType::kBf16, kTransB, desc_a, desc_b, accumulate);
+#else
   const uint32_t scale_d = accumulate ? 1u : 0u;
   if constexpr (kTransB) {
     DSV3_WGMMA_BF16_ALL_N(", 1, 1, 0, 1")
   } else {
     DSV3_WGMMA_BF16_ALL_N(", 1, 1, 0, 0")
   }
+#endif
 }
 #undef DSV3_WGMMA_BF16_ALL_N
 
@@ -531,6 +672,9 @@ template <int N>
 __device__ __forceinline__ void wgmma_m64nNk32_e4m3(float (&d)[N / 2], uint64_t desc_a,
                                                     uint64_t desc_b, bool accumulate) {
   static_assert(N == 16 || N == 32 || N == 64 || N == 128 || N == 256, "unsupported wgmma N");
+#ifdef DSV3_EMULATE
+  emu::wgmma_issue(d, N, emu::GmmaType::kE4m3, false, desc_a, desc_b, accumulate);
+#else
   const uint32_t scale_d = accumulate ? 1u : 0u;
   if constexpr (N == 16) {
     DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3", DSV3_WG_REGS_8, "8", "9",
@@ -548,6 +692,7 @@ __device__ __forceinline__ void wgmma_m64nNk32_e4m3(float (&d)[N / 2], uint64_t 
     DSV3_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3", DSV3_WG_REGS_128,
                   "128", "129", "130", ", 1, 1", DSV3_WG_ACC128(d, 0));
   }
+#endif
 }
 
 #undef DSV3_WGMMA_SS
