@@ -24,7 +24,8 @@ pub(crate) struct Module {
     pub symbol: String,
 }
 
-/// Compiles `sources` (this crate's `cuda/*.cu`) and, for the kernels crate, the interpreter.
+/// Compiles `sources` (this crate's `cuda/*.cu`) and, for the kernels crate, the interpreter
+/// (`kernels/emulate/*.cpp`; its tests live in `kernels/emulate/tests/`, not compiled here).
 pub(crate) fn build(
     crate_name: &str,
     sources: &[PathBuf],
@@ -34,7 +35,11 @@ pub(crate) fn build(
     let runtime_dir = workspace.join("kernels").join("emulate");
     println!("cargo:rerun-if-changed={}", runtime_dir.display());
     let cuda_include = find_cuda_include(workspace);
-    let base = base_build(workspace, &cuda_include);
+    let common = common_build(workspace, &cuda_include);
+    // Kernel sources see CUDA through the prelude; the interpreter's own sources are plain C++
+    // (the prelude's `__noinline__`-style macros would break the standard headers they include).
+    let mut base = common.clone();
+    base.flag("-include").flag("dsv3/emu/cuda_emu.h");
 
     let crate_ident = crate_name.replace('-', "_");
     let mut modules = Vec::new();
@@ -61,7 +66,8 @@ pub(crate) fn build(
         // has none, which only matters once something links (the symbols of abi.h are missing).
         let runtime = cpp_sources(&runtime_dir);
         if !runtime.is_empty() {
-            base.clone()
+            common
+                .clone()
                 .include(&runtime_dir)
                 .files(&runtime)
                 .compile("dsv3emu_runtime");
@@ -70,16 +76,19 @@ pub(crate) fn build(
     modules
 }
 
-/// The compiler setup every emulated translation unit shares.
-fn base_build(workspace: &Path, cuda_include: &Path) -> cc::Build {
+/// The compiler setup every translation unit of the interpreter build shares.
+fn common_build(workspace: &Path, cuda_include: &Path) -> cc::Build {
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++17")
         // -O2 whatever the cargo profile: an unoptimized interpreter makes the GPU tests crawl.
         .opt_level(2)
-        // No -Wall -Wextra on top of the compiler's defaults (the nvcc path shows nvcc's default
-        // warnings too); whatever the compiler prints still becomes a cargo warning.
-        .warnings(false)
+        // -Wall (cc's default), not -Wextra's unused-parameter noise; whatever the compiler
+        // prints becomes a cargo warning, as on the nvcc path.
+        .warnings(true)
+        .extra_warnings(false)
+        // `#pragma unroll` is nvcc's; g++ would flag every one of them.
+        .flag("-Wno-unknown-pragmas")
         // Kernels type-pun freely (uint4 loads of bf16 rows, float bits through pointers); on the
         // GPU that is fine, under host C++ strict-aliasing optimizations could reorder it.
         .flag("-fno-strict-aliasing")
@@ -87,8 +96,6 @@ fn base_build(workspace: &Path, cuda_include: &Path) -> cc::Build {
         // GCC 4.6: about mixing with objects that old, never a problem here.
         .flag("-Wno-psabi")
         .define("DSV3_EMULATE", None)
-        .flag("-include")
-        .flag("dsv3/emu/cuda_emu.h")
         .include(workspace.join("kernels").join("include"))
         .include(cuda_include)
         .include(cuda_include.join("cccl"));
