@@ -1,10 +1,15 @@
 //! The two device ceilings every report carries, measured in the same run as the kernels: a large
 //! device-to-device copy (bytes read + bytes written) and a BF16 GEMM through cuBLAS. The cuBLAS
-//! GEMM is also the BF16 peer of the FP8 GEMM cases.
+//! GEMM is also the BF16 peer of the FP8 GEMM cases. (In the interpreter build, feature
+//! `emulate`, there is no cuBLAS: `CublasBf16` is a stand-in that reports itself unavailable.)
 
+#[cfg(not(feature = "emulate"))]
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+#[cfg(not(feature = "emulate"))]
 use half::bf16;
-use kernels::gpu::{DeviceTensor, Gpu};
+#[cfg(not(feature = "emulate"))]
+use kernels::gpu::DeviceTensor;
+use kernels::gpu::Gpu;
 use kernels::rng::Rng;
 use kernels::{Error, Result};
 
@@ -16,6 +21,9 @@ const COPY_BYTES: usize = 1 << 30;
 const GEMM_DIM: usize = 8192;
 /// Output entries recomputed on the host in f64 to check cuBLAS's product.
 const GEMM_SAMPLES: usize = 64;
+
+#[cfg(feature = "emulate")]
+pub use crate::peers::unavailable::CublasBf16;
 
 pub fn copy_bandwidth(gpu: &Gpu, rng: &mut Rng, warmup: usize, reps: usize) -> Result<Ceiling> {
     let n = COPY_BYTES / 4;
@@ -47,12 +55,14 @@ pub fn copy_bandwidth(gpu: &Gpu, rng: &mut Rng, warmup: usize, reps: usize) -> R
     })
 }
 
+#[cfg(not(feature = "emulate"))]
 fn cublas_err(what: &str) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error + '_ {
     move |e| Error::Cublas(format!("{what}: {e:?}"))
 }
 
 /// D[M,N] = A[M,K] . B[N,K]^T in BF16 with f32 accumulation through cuBLAS (the NT layout of our
 /// FP8 GEMM). In cuBLAS's column-major terms: C(N x M) = B^T(op T) . A(op N), lda = ldb = K.
+#[cfg(not(feature = "emulate"))]
 pub struct CublasBf16 {
     blas: CudaBlas,
     cfg: GemmConfig<bf16>,
@@ -64,6 +74,7 @@ pub struct CublasBf16 {
     shape: (usize, usize, usize),
 }
 
+#[cfg(not(feature = "emulate"))]
 impl CublasBf16 {
     /// Random N(0, 1) operands; `Ok(Err(why))` when libcublas cannot be loaded.
     pub fn new(

@@ -20,6 +20,10 @@ pub struct VerifyArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Run on the emulated device (every kernel in the interpreter on the CPU), with the quick
+    /// (CPU-sized) cases. Needs the interpreter build: `--features emulate`.
+    #[arg(long)]
+    pub emulate: bool,
     /// Run only these suites (repeatable): kernels, fp8-gemm, moe-dispatch, mla-attention,
     /// "mla-attention peer", model. For example the few cases a compute-sanitizer run covers.
     #[arg(long = "suite", value_name = "SUITE")]
@@ -51,6 +55,22 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
             "verify: unknown suite {bad:?}; the suites are {}",
             SUITE_NAMES.map(|s| format!("{s:?}")).join(", ")
         );
+        return ExitCode::from(USAGE_EXIT);
+    }
+    if args.emulate != kernels::EMULATED {
+        if args.emulate {
+            eprintln!(
+                "verify: --emulate runs the kernels in the interpreter, which this harness was \
+                 built without; build it with --features emulate: \
+                 cargo run --release -p harness --features emulate -- verify --emulate"
+            );
+        } else {
+            eprintln!(
+                "verify: this harness is the interpreter build (--features emulate): pass \
+                 --emulate to run the suites on the emulated device, or build with --features \
+                 cuda for a GPU"
+            );
+        }
         return ExitCode::from(USAGE_EXIT);
     }
     println!("harness verify  commit {BUILD_COMMIT}  {}", utc_now());
@@ -123,12 +143,22 @@ mod gpu_run {
         ]
     }
 
-    /// The suites `args` selects (all without `--suite`), in the order above.
+    /// The suites `args` selects (all without `--suite`), in the order above. On the emulated
+    /// device the cuBLAS peer's suite is left out (with a note): there is no cuBLAS there.
     fn selected(args: &VerifyArgs) -> Vec<(&'static str, Suite)> {
         let all = suites();
         debug_assert!(all.iter().map(|s| s.0).eq(SUITE_NAMES));
         all.into_iter()
             .filter(|(name, _)| args.suites.is_empty() || args.suites.iter().any(|s| s == name))
+            .filter(|(name, _)| {
+                let unavailable = args.emulate && *name == "mla-attention peer";
+                if unavailable {
+                    println!(
+                        "suite {name:?} not run: cuBLAS is not available on the emulated device"
+                    );
+                }
+                !unavailable
+            })
             .collect()
     }
 
@@ -161,8 +191,10 @@ mod gpu_run {
             "suite", "kernel", "case", "metric", "error", "tol", "result",
         ]);
         let mut rows = Vec::new();
+        // The interpreter is orders of magnitude slower than the GPU: CPU-sized (quick) cases.
+        let quick = args.quick || args.emulate;
         for (suite, checks) in selected(args) {
-            for result in checks(&gpu, args.quick) {
+            for result in checks(&gpu, quick) {
                 let row = match result {
                     Ok(report) => Row {
                         suite,
@@ -205,7 +237,8 @@ mod gpu_run {
                 "date_utc": utc_now(),
                 "commit": BUILD_COMMIT,
                 "device": info,
-                "quick": args.quick,
+                "quick": quick,
+                "emulated": args.emulate,
                 "rows": rows,
             });
             if let Err(e) = crate::write_json(path, &doc) {

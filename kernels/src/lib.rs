@@ -7,12 +7,16 @@
 //! - With the `cuda` feature: [`gpu`] (the runtime on cudarc: device, buffers, modules, launches,
 //!   event timing), [`ops`] (launch wrappers of `cuda/*.cu`) and [`checks`] (kernel-vs-reference
 //!   checks used by both the tests and `harness verify`).
+//! - With the `emulate` feature (implies `cuda`): the same [`gpu`] API on an emulated device, whose
+//!   launches run the host-compiled kernels in the interpreter (`kernels/emulate`), so every GPU
+//!   test and check runs on a CPU.
 
 // Lets the generated `cubins.rs` name `::kernels::Cubin` from inside this crate too.
 extern crate self as kernels;
 
 pub mod cases;
 pub mod dtype;
+mod emu_abi;
 pub mod error;
 pub mod metrics;
 pub mod reference;
@@ -27,15 +31,20 @@ pub mod gpu;
 pub mod ops;
 
 pub use dtype::{DType, E4m3, Element, Float};
+pub use emu_abi::{EmuKernel, EmuModule};
 pub use error::{Error, Result};
 
 /// One compiled CUDA source file: a fatbin with sm_90a SASS and compute_90a PTX, embedded in the
-/// binary by the crate's build script.
+/// binary by the crate's build script; in the interpreter build (feature `emulate`) the file's
+/// host-compiled kernel table instead.
 #[derive(Clone, Copy, Debug)]
 pub struct Cubin {
     /// `<crate>/<file stem>`, unique across the workspace.
     pub name: &'static str,
+    /// The fatbin (empty in the interpreter build).
     pub image: &'static [u8],
+    /// The kernel table's accessor in the interpreter build (`None` in the nvcc build).
+    pub emulated: Option<unsafe extern "C" fn() -> *const EmuModule>,
 }
 
 /// The fatbins of this crate's `cuda/*.cu` (empty without the `cuda` feature).

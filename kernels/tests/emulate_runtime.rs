@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[test]
@@ -25,7 +28,13 @@ fn interpreter_core_smoke() {
     let emulate = ws.join("kernels").join("emulate");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let build = Command::new(&cxx)
-        .args(["-std=c++17", "-O1", "-DDSV3_EMULATE", "-include", "dsv3/emu/cuda_emu.h"])
+        .args([
+            "-std=c++17",
+            "-O1",
+            "-DDSV3_EMULATE",
+            "-include",
+            "dsv3/emu/cuda_emu.h",
+        ])
         .arg("-I")
         .arg(ws.join("kernels").join("include"))
         .arg("-I")

@@ -26,12 +26,19 @@
 //! id outside the cache records status code 6 in the caller's [`DeviceStatus`] (lengths are
 //! clamped, bad blocks zero-filled and never read).
 
+//!
+//! In the interpreter build (feature `emulate`) there is no cuBLAS: [`cublas_missing`] says so,
+//! and the peer is never constructed (the bench records it as not measured).
+
+#[cfg(not(feature = "emulate"))]
 use std::ffi::c_void;
 
+#[cfg(not(feature = "emulate"))]
 use cudarc::cublas::result::{self as blas, CublasError};
-use cudarc::cublas::sys::{
-    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
-};
+#[cfg(not(feature = "emulate"))]
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t};
+use cudarc::cublas::sys::{cublasOperation_t, cudaDataType_t};
+#[cfg(not(feature = "emulate"))]
 use cudarc::cublas::CudaBlas;
 use half::bf16;
 use kernels::checks::CheckReport;
@@ -54,6 +61,7 @@ const OP: &str = "mla_naive_cublas";
 const THREADS: u32 = 256;
 
 /// Why cuBLAS cannot be used here, or `None` when libcublas loads.
+#[cfg(not(feature = "emulate"))]
 pub fn cublas_missing() -> Option<String> {
     // SAFETY: only probes whether libcublas can be dlopen'ed.
     if unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -67,10 +75,17 @@ pub fn cublas_missing() -> Option<String> {
     }
 }
 
+/// Why cuBLAS cannot be used here: the emulated device has no vendor libraries.
+#[cfg(feature = "emulate")]
+pub fn cublas_missing() -> Option<String> {
+    Some("cuBLAS is not available on the emulated device (interpreter build)".into())
+}
+
 /// The peer for one (batch, S_q, heads, max_blocks) shape: the cuBLAS handle and the
 /// intermediate buffers (gathered KV, f32 scores, BF16 probabilities), reused every call.
 #[derive(Debug)]
 pub struct NaiveCublasDecode {
+    #[cfg(not(feature = "emulate"))]
     blas: CudaBlas,
     batch: usize,
     s_q: usize,
@@ -86,6 +101,8 @@ pub struct NaiveCublasDecode {
 
 /// One strided-batched GEMM in cuBLAS's column-major terms (`C = alpha op(A) op(B)`), BF16 A and
 /// B, f32 compute.
+// Built but never handed to cuBLAS in the emulated build.
+#[cfg_attr(feature = "emulate", allow(dead_code))]
 struct BatchedGemm {
     what: &'static str,
     transa: cublasOperation_t,
@@ -148,8 +165,10 @@ impl NaiveCublasDecode {
         if let Some(why) = cublas_missing() {
             return Ok(Err(why));
         }
+        #[cfg(not(feature = "emulate"))]
         let blas = CudaBlas::new(gpu.stream().clone()).map_err(cublas_err("creating a handle"))?;
         Ok(Ok(NaiveCublasDecode {
+            #[cfg(not(feature = "emulate"))]
             blas,
             batch,
             s_q,
@@ -273,6 +292,7 @@ impl NaiveCublasDecode {
         // and writes kv [batch, max_blocks * 64, 576], the buffer's shape.
         unsafe { gpu.launch("mla_naive_gather", args, cfg) }?;
 
+        #[cfg(not(feature = "emulate"))]
         gpu.context().bind_to_thread().map_err(|e| Error::Cuda {
             context: "binding the context for cuBLAS".into(),
             detail: e.to_string(),
@@ -344,6 +364,17 @@ impl NaiveCublasDecode {
         })
     }
 
+    /// Never reached: the emulated build never constructs the peer.
+    #[cfg(feature = "emulate")]
+    fn gemm(&self, g: BatchedGemm) -> Result<()> {
+        Err(Error::Cublas(format!(
+            "{}: {}",
+            g.what,
+            cublas_missing().unwrap_or_default()
+        )))
+    }
+
+    #[cfg(not(feature = "emulate"))]
     fn gemm(&self, g: BatchedGemm) -> Result<()> {
         let beta = 0.0f32;
         // SAFETY: the handle is live and bound to the `Gpu`'s stream; every pointer is a live
@@ -595,6 +626,7 @@ fn as_i32(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(OP, format!("{what} = {v} does not fit in i32")))
 }
 
+#[cfg(not(feature = "emulate"))]
 fn cublas_err(call: &'static str) -> impl FnOnce(CublasError) -> Error {
     move |e| Error::Cublas(format!("{call} failed: {:?}", e.0))
 }

@@ -303,6 +303,10 @@ mod gpu {
     /// The naive peer (gather + cuBLAS GEMMs + softmax) on the fixed shapes: ragged lengths
     /// around block boundaries, S_q = 2 and 4, a shared prefix, one long context.
     #[test]
+    #[cfg_attr(
+        feature = "emulate",
+        ignore = "cuBLAS is not available on the emulated device"
+    )]
     fn naive_cublas_peer_matches_reference() {
         let Some(g) = gpu("mla_decode naive_cublas_peer_matches_reference") else {
             return;
@@ -318,6 +322,7 @@ mod gpu {
         #![proptest_config(ProptestConfig { cases: sizes().peer_cases, ..config() })]
 
         #[test]
+        #[cfg_attr(feature = "emulate", ignore = "cuBLAS is not available on the emulated device")]
         fn naive_cublas_peer_ragged(
             (s_q, seqlens) in (1usize..=4).prop_flat_map(|s| (Just(s), lens_strategy(s))),
             heads in prop::sample::select(vec![16usize, 64, 128, 4]),

@@ -1086,9 +1086,9 @@ fn id_exchange_over_tcp() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// NCCL, world size 1 (needs a GPU and libnccl).
+// NCCL, world size 1 (needs a GPU and libnccl; not in the interpreter build, which has no NCCL).
 
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "emulate")))]
 #[test]
 fn nccl_world_of_one_matches_in_process() {
     const TEST: &str = "nccl_world_of_one_matches_in_process";
@@ -1179,7 +1179,7 @@ fn nccl_world_of_one_matches_in_process() {
 
 /// Without libnccl, every NCCL entry point is an error that says what is missing, not a panic
 /// (runs without a GPU).
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "emulate")))]
 #[test]
 fn nccl_missing_is_an_error() {
     match nccl_available() {

@@ -2,14 +2,15 @@
 //! 128B swizzle, mbarrier, wgmma with BF16 and e4m3 operands), run through the tiny kernels of
 //! `cuda/hopper_selftest.cu`. Other crates build their GEMM and attention kernels on these.
 
-use cudarc::driver::sys::{CUtensorMapDataType, CUtensorMapSwizzle};
 use half::bf16;
 
 use super::CheckReport;
 use crate::cubins::HOPPER_SELFTEST;
 use crate::dtype::{e4m3_to_f32, E4m3};
 use crate::error::{Error, Result};
-use crate::gpu::{tensor_map_2d, Gpu, LaunchConfig, PushKernelArg};
+use crate::gpu::{
+    tensor_map_2d, CUtensorMapDataType, CUtensorMapSwizzle, Gpu, LaunchConfig, PushKernelArg,
+};
 use crate::metrics::rel_l2;
 use crate::rng::Rng;
 

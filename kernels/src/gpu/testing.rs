@@ -8,7 +8,20 @@ use crate::checks::CheckReport;
 
 /// The process-wide device for tests, or `None` after printing
 /// `<test>: skipped: no CUDA device: <why>` (once per test name).
+///
+/// In the interpreter build (feature `emulate`) this is the emulated device, which always opens:
+/// nothing skips, and the first call says once on stderr that the tests run on it.
 pub fn test_gpu(test: &'static str) -> Option<&'static Gpu> {
+    if cfg!(feature = "emulate") {
+        static ANNOUNCED: std::sync::Once = std::sync::Once::new();
+        ANNOUNCED.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "GPU tests run on the emulated device (kernel interpreter on the CPU)"
+            );
+        });
+    }
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
     static SKIPPED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let why = match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {

@@ -1,8 +1,8 @@
 //! CUDA-event timing: warm up, then time each repetition between two events on the stream.
+//! (On the emulated device events read the wall clock: launches there are synchronous.)
 
-use super::{cuda_err, Gpu};
+use super::{cuda_err, CudaEventFlags, Gpu};
 use crate::error::Result;
-use cudarc::driver::sys::CUevent_flags;
 
 pub use crate::stats::TimingStats;
 
@@ -20,7 +20,7 @@ impl Gpu {
         let events = (0..=reps)
             .map(|_| {
                 self.context()
-                    .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                    .new_event(Some(CudaEventFlags::CU_EVENT_DEFAULT))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(cuda_err("creating timing events"))?;
@@ -56,7 +56,7 @@ impl Gpu {
         }
         let new_event = || {
             self.context()
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .new_event(Some(CudaEventFlags::CU_EVENT_DEFAULT))
                 .map_err(cuda_err("creating timing events"))
         };
         let mut pairs = Vec::with_capacity(reps);
@@ -88,7 +88,7 @@ impl Gpu {
     ) -> Result<std::time::Duration> {
         let new_event = || {
             self.context()
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .new_event(Some(CudaEventFlags::CU_EVENT_DEFAULT))
                 .map_err(cuda_err("creating timing events"))
         };
         let (start, end) = (new_event()?, new_event()?);

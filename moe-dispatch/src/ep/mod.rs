@@ -18,7 +18,8 @@ pub mod node_limit;
 pub mod placement;
 pub mod transport;
 
-#[cfg(feature = "cuda")]
+// NCCL needs the real driver: not in the interpreter build (feature `emulate`).
+#[cfg(all(feature = "cuda", not(feature = "emulate")))]
 pub mod nccl;
 
 pub use bootstrap::{IdExchange, WorldEnv};
@@ -29,5 +30,5 @@ pub use node_limit::{node_limited_mask, node_limited_topk, select_nodes, NodeLim
 pub use placement::ExpertPlacement;
 pub use transport::{InProcess, Transport};
 
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "emulate")))]
 pub use nccl::{nccl_available, nccl_version, NcclTransport};
