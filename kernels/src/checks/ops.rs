@@ -357,24 +357,42 @@ struct SampleVerdict {
     exact: usize,
     /// Rows whose draw lies within rounding of an interval boundary (see [`judge_samples`]).
     near: usize,
+    /// Near-misses of rows whose draw is a deliberate edge (0 or just below 1): those sit on a
+    /// boundary by construction, so they do not count against the 10% budget.
+    near_edge: usize,
     bad: usize,
 }
 
 impl SampleVerdict {
     fn report(self, name: &str, shape: String, rows: usize) -> CheckReport {
-        let SampleVerdict { exact, near, bad } = self;
+        let SampleVerdict {
+            exact,
+            near,
+            near_edge,
+            bad,
+        } = self;
         CheckReport::new(name, shape, "bad_rows", bad as f64, 0.0).require(
             near * 10 <= rows,
-            format!("{near} of {rows} rows were boundary near-misses (exact {exact})"),
+            format!(
+                "{near} of {rows} rows were boundary near-misses (exact {exact}, near-misses at \
+                 the edge draws {near_edge})"
+            ),
         )
     }
+}
+
+/// The draws the checks plant on purpose at the ends of [0, 1).
+fn is_edge_draw(u: f32) -> bool {
+    u == 0.0 || u == 1.0 - f32::EPSILON / 2.0
 }
 
 /// GPU and host sum the probabilities in different orders, so a draw that falls within rounding
 /// of an interval boundary may pick a neighbour. Each row passes if it matches the reference, or
 /// if the GPU's token is in the reference nucleus and the draw lies within 1e-4 of the nucleus
 /// mass of that token's interval (f64 evaluation). Greedy rows must match exactly. The callers
-/// allow at most 10% of rows to be such near-misses.
+/// allow at most 10% of rows to be such near-misses, not counting the rows whose draw is planted
+/// on an edge (with 2 or 3 rows, one planted edge draw alone used to exceed 10%: the interpreter
+/// build, which runs few rows, found it).
 fn judge_samples(
     logits: &[f32],
     vocab: usize,
@@ -388,7 +406,11 @@ fn judge_samples(
         if g == reference::sampling::sample_row(row, p, u) {
             v.exact += 1;
         } else if p.temperature > 0.0 && near_boundary(row, p, u, g) {
-            v.near += 1;
+            if is_edge_draw(u) {
+                v.near_edge += 1;
+            } else {
+                v.near += 1;
+            }
         } else {
             v.bad += 1;
         }
