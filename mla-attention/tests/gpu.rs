@@ -72,7 +72,7 @@ mod gpu {
                 boundary_heads: vec![16, 48],
                 long: vec![
                     (vec![1000], 1, 16, None),
-                    (vec![700, 1, 450], 2, 16, Some(8)),
+                    (vec![700, 2, 450], 2, 16, Some(8)),
                     (vec![1300], 4, 16, Some(20)),
                     (vec![500; 5], 1, 64, None),
                 ],
@@ -98,7 +98,7 @@ mod gpu {
                 boundary_heads: vec![16, 128],
                 long: vec![
                     (vec![4096], 1, 128, None),
-                    (vec![4000, 1, 2500], 2, 128, None),
+                    (vec![4000, 2, 2500], 2, 128, None),
                     (vec![8191], 4, 16, Some(132)),
                     (vec![3000; 9], 1, 128, None),
                 ],
@@ -256,6 +256,10 @@ mod gpu {
         }
     }
 
+    // A sequence as short as S_q (2 below) is the shortest legal one: the kernel's contract
+    // refuses cache_seqlens < S_q with an out-of-range status, so the case with a length of 1 at
+    // S_q = 2 that stood here tested bad input in a good-input test (the interpreter build found
+    // it: the status check failed).
     #[test]
     fn long_contexts_split_and_combined() {
         if gpu("mla_decode long_contexts_split_and_combined").is_none() {
