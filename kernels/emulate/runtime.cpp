@@ -211,7 +211,8 @@ void run_block(Runner& r, Dim block_idx) {
   // Fresh shared memory holds whatever the previous block left; poison it so that reading
   // shared memory nobody wrote gives NaN (0xff bytes) rather than a plausible zero.
   if (r.smem_bytes > 0) memset(r.smem, 0xff, r.smem_bytes);
-  r.threads.assign(n, ThreadState{});
+  r.threads.clear();
+  r.threads.resize(n);
   r.warps.assign((n + 31) / 32, WarpState{});
   for (BarrierState& b : r.bars) b = BarrierState{};
   r.fibers.assign(n, Context{});
@@ -478,7 +479,7 @@ std::array<uint64_t, 32> warp_exchange(uint32_t mask, uint64_t value, const char
       WaitInfo{op, nullptr, g});
   std::array<uint64_t, 32> out{};
   for (uint32_t l = 0; l < 32; ++l) {
-    if (strcmp(w.ops[buf][l], op) != 0) {
+    if (w.ops[buf][l] != op && strcmp(w.ops[buf][l], op) != 0) {
       fail(format("warp divergence: lane %u is in %s while lane %u is in %s (collective #%llu "
                   "of the warp)",
                   t.lane, op, l, w.ops[buf][l], static_cast<unsigned long long>(g)));

@@ -254,7 +254,7 @@ extern "C" __global__ void moe_dispatch_rows(
 __device__ __forceinline__ Bf16x8 ldg_bf16x8(const __nv_bfloat16* p) {
   const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
   Bf16x8 out;
-  memcpy(&out, &raw, sizeof(out));
+  memcpy(static_cast<void*>(&out), &raw, sizeof(out));
   return out;
 }
 

@@ -128,10 +128,49 @@ inline float gmma_load(GmmaType t, uint32_t addr, const char* what) {
   return bf16_bits_to_float(h);
 }
 
-// One thread's share of D = A * B (+ D): d[i] for i in [0, n/2). A is 64 x K, K-major; B is
-// N x K (indexed [n][k]), K-major, or MN-major when trans_b. Products are exact (in double) and
-// summed in f32 in k order; the hardware's adder tree differs in rounding, and its fp8 path
-// accumulates with fewer mantissa bits than f32, so results agree to f32 rounding, not bitwise.
+// Every e4m3 code's value, so the inner loops decode with one load.
+inline const float* e4m3_table() {
+  static const struct Table {
+    float v[256];
+    Table() {
+      for (int i = 0; i < 256; ++i) v[i] = e4m3_bits_to_float(static_cast<uint8_t>(i));
+    }
+  } table;
+  return table.v;
+}
+
+// Reads one operand's row (A: an M row; B: an N row, or an N column of an MN-major B) of `kk`
+// elements from the block's dynamic shared memory, through the descriptor's layout. The bounds
+// check is the same as shared_ptr()'s, done inline: this is the interpreter's hottest loop.
+inline void gmma_load_row(GmmaType type, const GmmaDesc& g, bool mn_major, uint32_t mn,
+                          uint32_t kk, const uint8_t* smem, uint32_t smem_bytes, const char* what,
+                          float* out) {
+  const uint32_t eb = gmma_elem_bytes(type);
+  const float* e4m3 = e4m3_table();
+  // K-major: the 16 bytes of a core-matrix row are contiguous and the swizzle permutes whole
+  // 16-byte chunks, so one address per chunk serves 16 / eb elements. MN-major rows are
+  // strided: one address per element.
+  const uint32_t run = mn_major ? 1 : 16 / eb;
+  for (uint32_t k0 = 0; k0 < kk; k0 += run) {
+    const uint32_t addr =
+        mn_major ? gmma_mn_major_addr(g, eb, mn, k0) : gmma_k_major_addr(g, eb, mn, k0);
+    const uint32_t bytes = run * eb;
+    if (static_cast<uint64_t>(addr) + bytes > smem_bytes) {
+      shared_ptr(addr, bytes, what);  // fails with the usual message
+    }
+    const uint8_t* p = smem + addr;
+    for (uint32_t j = 0; j < run; ++j) {
+      if (type == GmmaType::kE4m3) {
+        out[k0 + j] = e4m3[p[j]];
+      } else {
+        uint16_t h;
+        memcpy(&h, p + 2 * j, 2);
+        out[k0 + j] = bf16_bits_to_float(h);
+      }
+    }
+  }
+}
+
 inline void wgmma_fragment(uint32_t thread_in_warpgroup, uint32_t n, GmmaType type, bool trans_b,
                            uint64_t desc_a, uint64_t desc_b, bool scale_d, float* d) {
   const GmmaDesc ga = decode_gmma_desc(desc_a), gb = decode_gmma_desc(desc_b);
@@ -139,39 +178,31 @@ inline void wgmma_fragment(uint32_t thread_in_warpgroup, uint32_t n, GmmaType ty
     fail(msgf("wgmma: matrix descriptor with a non-zero base offset (A %u, B %u) is not supported",
               ga.base_offset, gb.base_offset));
   }
-  const uint32_t eb = gmma_elem_bytes(type), kk = gmma_k(type);
+  const BlockState& blk = block();
+  const uint32_t kk = gmma_k(type);
   float a_rows[2][32];
   const AccCoord c0 = wgmma_acc_coord(thread_in_warpgroup, 0);
   for (uint32_t h = 0; h < 2; ++h) {
-    for (uint32_t k = 0; k < kk; ++k) {
-      a_rows[h][k] =
-          gmma_load(type, gmma_k_major_addr(ga, eb, c0.row + 8 * h, k), "wgmma operand A");
-    }
+    gmma_load_row(type, ga, false, c0.row + 8 * h, kk, blk.smem, blk.smem_bytes,
+                  "wgmma operand A", a_rows[h]);
   }
   float b_col[32];
   uint32_t b_loaded = ~0u;
   for (uint32_t i = 0; i < n / 2; ++i) {
     const AccCoord c = wgmma_acc_coord(thread_in_warpgroup, i);
     if (c.col != b_loaded) {
-      for (uint32_t k = 0; k < kk; ++k) {
-        const uint32_t addr =
-            trans_b ? gmma_mn_major_addr(gb, eb, c.col, k) : gmma_k_major_addr(gb, eb, c.col, k);
-        b_col[k] = gmma_load(type, addr, "wgmma operand B");
-      }
+      gmma_load_row(type, gb, trans_b, c.col, kk, blk.smem, blk.smem_bytes, "wgmma operand B",
+                    b_col);
       b_loaded = c.col;
     }
     const float* a = a_rows[c.row == c0.row ? 0 : 1];
+    // Each product of two bf16 (8-bit significands) or two e4m3 (4-bit) values is exact in f32.
     float acc = scale_d ? d[i] : 0.0f;
-    for (uint32_t k = 0; k < kk; ++k) {
-      acc += static_cast<float>(static_cast<double>(a[k]) * static_cast<double>(b_col[k]));
-    }
+    for (uint32_t k = 0; k < kk; ++k) acc += a[k] * b_col[k];
     d[i] = acc;
   }
 }
 
-// wgmma.mma_async issue: the calling thread's fragment is computed when its wgmma group is
-// waited on. `d` lives in the caller's frame until then (the kernel must wait before returning),
-// so reading the accumulators before the wait sees their old values, as on the hardware.
 inline void wgmma_issue(float* d, uint32_t n, GmmaType type, bool trans_b, uint64_t desc_a,
                         uint64_t desc_b, bool scale_d) {
   if (type == GmmaType::kE4m3 && trans_b) fail("wgmma: e4m3 operands have no transpose");
