@@ -12,6 +12,7 @@ mod info;
 mod status;
 mod testing;
 mod timing;
+mod tma_rules;
 
 #[cfg(not(feature = "emulate"))]
 mod device;

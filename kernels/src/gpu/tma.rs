@@ -8,7 +8,7 @@ use cudarc::driver::sys::{
 use cudarc::driver::DeviceRepr;
 
 use super::cuda_err;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A 128-byte-aligned tensor map, as the kernel parameter wants it.
 #[derive(Clone, Copy, Debug)]
@@ -32,18 +32,13 @@ pub fn tensor_map_2d(
     box_cols: u32,
     swizzle: CUtensorMapSwizzle,
 ) -> Result<TensorMap> {
-    const OP: &str = "tensor_map_2d";
-    if ptr % 16 != 0 || row_bytes % 16 != 0 {
-        return Err(Error::invalid(OP, format!("base address and row stride must be 16-byte aligned (row stride {row_bytes} bytes)")));
-    }
-    if box_cols as usize * elem_bytes > 128
-        && swizzle == CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
-    {
-        return Err(Error::invalid(
-            OP,
-            "a 128B-swizzled box row must be at most 128 bytes",
-        ));
-    }
+    super::tma_rules::check_2d(
+        ptr,
+        row_bytes,
+        box_cols,
+        elem_bytes,
+        swizzle == CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    )?;
     let dims = [cols as u64, rows as u64];
     let strides = [row_bytes as u64];
     let boxes = [box_cols, box_rows];

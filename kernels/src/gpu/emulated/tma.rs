@@ -105,19 +105,13 @@ pub fn tensor_map_2d(
     box_cols: u32,
     swizzle: CUtensorMapSwizzle,
 ) -> Result<TensorMap> {
-    const OP: &str = "tensor_map_2d";
-    // The checks of the real tensor_map_2d (gpu/tma.rs), word for word.
-    if ptr % 16 != 0 || row_bytes % 16 != 0 {
-        return Err(Error::invalid(OP, format!("base address and row stride must be 16-byte aligned (row stride {row_bytes} bytes)")));
-    }
-    if box_cols as usize * elem_bytes > 128
-        && swizzle == CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
-    {
-        return Err(Error::invalid(
-            OP,
-            "a 128B-swizzled box row must be at most 128 bytes",
-        ));
-    }
+    crate::gpu::tma_rules::check_2d(
+        ptr,
+        row_bytes,
+        box_cols,
+        elem_bytes,
+        swizzle == CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    )?;
     // What cuTensorMapEncodeTiled refuses (CUDA_ERROR_INVALID_VALUE), as the real wrapper words it.
     let encode_err = |why: String| Error::Cuda {
         context: format!(
