@@ -5,6 +5,7 @@
 //! the head's weights), per token for the attention (every head of a token reads the same cache
 //! entries).
 
+use half::bf16;
 use mla_attention::reference::MlaDims;
 use mla_attention::BLOCK_SIZE;
 use rayon::prelude::*;
@@ -131,12 +132,21 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// does per head: `out[h] = sum_s softmax(score[h])[s] * c_kv[s]` with
 /// `score[h][s] = (q_lat[h] . c_kv[s] + q_pe[h] . k_pe[s]) * scale`.
 /// `q_lat` is `[H, d_c]`, `q_pe` `[H, d_rope]`, `out` `[H, d_c]`.
+///
+/// `bf16_p` (the `fp8` precision): the weights multiplying `c_kv` are rounded to BF16 as the CUDA
+/// decode kernel rounds its P tile for the P.V tensor-core product: the kernel's online softmax
+/// over 64-entry tiles computes `P = bf16(exp(score - m_t))` with `m_t` the running max through
+/// the entry's tile, rescales it by `exp(m_t - m)` (f32) once the final max `m` is known and
+/// divides by the f32 sum of the unrounded `exp(score - m)`. Reproduced here to f32 rounding:
+/// the BF16 rounding itself (up to 2^-9 per weight) is not negligible once the output is
+/// re-quantized to e4m3 before `o_proj`.
 pub fn attend_token(
     heads: usize,
     q_lat: &[f32],
     q_pe: &[f32],
     kv: &CacheView,
     scale: f32,
+    bf16_p: bool,
     out: &mut [f32],
 ) {
     let d_c = q_lat.len() / heads;
@@ -172,6 +182,20 @@ pub fn attend_token(
             *wp = (s_lat[p * heads + h] + s_pe[p * heads + h]) * scale;
         }
         let max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if bf16_p {
+            let mut running = f32::NEG_INFINITY;
+            for tile in w.chunks_mut(BLOCK_SIZE) {
+                running = tile.iter().fold(running, |m, &s| m.max(s));
+                let rescale = (running - max).exp();
+                let mut tile_sum = 0.0f32;
+                for s in tile.iter_mut() {
+                    tile_sum += (*s - max).exp();
+                    *s = bf16::from_f32((*s - running).exp()).to_f32() * rescale;
+                }
+                *sum += tile_sum;
+            }
+            continue;
+        }
         w.iter_mut().for_each(|s| *s = (*s - max).exp());
         *sum = w.iter().sum();
     }

@@ -139,6 +139,8 @@ impl Attention {
             offset: d_nope,
         };
         apply_rope(&mut q, &q_layout, &pos, ctx.rope, ctx.max_positions)?;
+        // The GPU applies RoPE in place on its BF16 q (q_pe rounded to BF16 again).
+        ctx.store(&mut q);
 
         // New cache entries: [RMSNorm(c_kv) ; RoPE(k_pe)].
         let kv = self.kv_a.forward(h)?;
@@ -180,7 +182,8 @@ impl Attention {
                     width,
                 };
                 let lat = &q_lat[t * heads * d_c..][..heads * d_c];
-                attend_token(heads, lat, &q_pe, &kv, ctx.softmax_scale, out);
+                let bf16_p = ctx.precision == Precision::Fp8;
+                attend_token(heads, lat, &q_pe, &kv, ctx.softmax_scale, bf16_p, out);
             });
         ctx.store(&mut o_lat);
         let mut o = absorb_output(&dims, &o_lat, &self.w_uv_t);

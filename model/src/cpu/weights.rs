@@ -8,7 +8,7 @@ use crate::error::{ModelError, Result};
 
 use super::attention::transpose_w_uv;
 use super::forward::mla_dims;
-use super::linear::Linear;
+use super::linear::{round_bf16, Linear};
 use super::Precision;
 
 /// Loads `name` as a linear layer for `precision`.
@@ -131,7 +131,13 @@ impl DecoderLayer {
             },
             None => QueryProj::Direct(linear(ckpt, &format!("{a}.q_proj.weight"), precision)?),
         };
-        let kv_b_f32 = ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32();
+        let mut kv_b_f32 = ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32();
+        if precision == Precision::Fp8 {
+            // The CUDA backend keeps W_UK / W_UV in BF16 (spec §3.1); fp8 computes what it does.
+            // Not negligible: the absorbed output is re-quantized to e4m3 before o_proj, which
+            // turns the 2^-9 weight rounding into code flips (~1e-2 relative per layer).
+            kv_b_f32.iter_mut().for_each(|v| *v = round_bf16(*v));
+        }
         let attention = Attention {
             q,
             kv_a: linear(ckpt, &format!("{a}.kv_a_proj_with_mqa.weight"), precision)?,
