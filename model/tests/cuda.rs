@@ -5,20 +5,24 @@
 //! `skipped: no CUDA device` and checks nothing. Every test runs the built-in tiny model; the
 //! interpreter build (`kernels::EMULATED`) runs fewer forward passes (see `sizes`).
 //!
-//! Bounds of CUDA fp8 vs CPU fp8 (per position: cosine >= 0.999, relative Frobenius <= 2e-2):
+//! Bounds of CUDA fp8 vs CPU fp8 (per position: cosine >= 0.995, relative Frobenius <= 1e-1):
 //! both compute the same arithmetic (same e4m3 activation quantization per token per 128
-//! channels, same FP8 weights and block scales, BF16 rounding at the same points, f32
-//! accumulation). They differ in f32 summation order (GEMM tiles, attention splits, reductions),
-//! in a few extra BF16 roundings on the GPU (the dequantized W_UK / W_UV, q_pe after RoPE, the
-//! decode kernel's BF16 softmax weights: at most 2^-9 relative each) and in ties this causes: a
-//! BF16 value one ulp apart can quantize to a neighbouring e4m3 code (6% relative on that
-//! element), which the next GEMM averages over K >= 128 elements. These are expected to move the
-//! logits well under 1e-2 relative (not yet measured: this file was written without a GPU; each
-//! test prints its worst cosine / relative error, record them on the first GPU run), so 2e-2
-//! leaves margin, while a real bug (a wrong scale layout, a missed rounding, a wrong
-//! cache slot) gives relative errors of order 1. The one effect that does not stay small is a
-//! routing flip: the tiny model's random router has top-k margins down to ~1e-3, so a
-//! perturbation can swap an expert for one token. The tests therefore record the routed expert
+//! channels, same FP8 weights and block scales, f32 accumulation) with BF16 rounding at the same
+//! points: the CPU's fp8 precision also rounds the dequantized W_UK / W_UV, q after RoPE and the
+//! decode's softmax weights to BF16 as the device does (spec §3.1, §5). With those matched a
+//! single token is bit-identical (measured in the interpreter build: relative 8e-8). What is left
+//! is f32 summation order (block and warp reductions, GEMM tiles, attention splits). A sum one
+//! f32 ulp apart now and then rounds to the neighbouring BF16 value; when that value is a
+//! 128-channel block's amax, the block scale moves by 2^-8 and about 1/16 of the block's e4m3
+//! codes move by one e4m3 step (~9%): on the tiny model's 256-wide activations that is
+//! sqrt(8 / 256) * 0.09 ~ 1.6e-2 relative per layer (measured: 1.9e-2 after layer 0, 5.6e-2 at
+//! the logits after 4 layers, cosine 0.9984 — the first run, in the interpreter; the earlier
+//! bounds, 0.999 / 2e-2, assumed these differences average out, and they do not). Four layers
+//! compounding give at most ~1e-1, and cosine >= 1 - (1e-1)^2 / 2 = 0.995, while a real bug (a
+//! wrong scale layout, a missed rounding, a wrong cache slot) gives relative errors of order 1.
+//! The one effect that does not stay small is a routing flip: the tiny model's random router has
+//! top-k margins down to ~1e-3, so a perturbation can swap an expert for one token. The tests
+//! therefore record the routed expert
 //! ids of every MoE layer on both sides (the `forward_trace` / `forward_traced` hooks), hold
 //! every position before a sequence's first flipped token to the tight bound, positions from it
 //! on to a loose one (cosine >= 0.95, `golden.rs`'s floor: the flip and what attends to it), and
@@ -56,8 +60,8 @@ mod gpu {
     use super::common::goldens::{fixture, load_goldens};
     use super::common::{argmax, cosine, rel_frobenius, TempDir};
 
-    const TIGHT_COSINE: f64 = 0.999;
-    const TIGHT_REL: f64 = 2e-2;
+    const TIGHT_COSINE: f64 = 0.995;
+    const TIGHT_REL: f64 = 1e-1;
     const LOOSE_COSINE: f64 = 0.95;
     const MAX_FLIPPED_SHARE: f64 = 0.15;
     const KV_BLOCKS: usize = 16;
@@ -865,7 +869,8 @@ mod gpu {
                 assert!(stats.drafted() > 0, "{case}: {stats:?}");
                 assert_eq!(stats.accepted(), stats.drafted(), "{case}: {stats:?}");
                 assert_eq!(stats.acceptance_rate(), 1.0, "{case}");
-                let steps = 10usize.div_ceil(d + 1);
+                // The first new token comes from the prefill; the rest from steps of D + 1.
+                let steps = (sizes().speculative_new_tokens - 1).div_ceil(d + 1);
                 assert_eq!(stats.main_steps, steps, "{case}: {stats:?}");
             }
         }
