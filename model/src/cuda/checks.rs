@@ -15,7 +15,7 @@ use mla_attention::reference::{absorb_output as ref_absorb_output, absorb_query,
 
 use crate::cpu::forward::cache_entries;
 use crate::cpu::{Context, CpuModel, Precision, SeqChunk};
-use crate::engine::{Backend, LogitRows};
+use crate::engine::LogitRows;
 use crate::error::ModelError;
 use crate::tiny::{tiny_config, write_tiny, TINY_SEED};
 
@@ -187,9 +187,11 @@ pub fn check_absorb(gpu: &Gpu, rng: &mut Rng, tokens: usize) -> Result<CheckRepo
 }
 
 /// The whole forward pass (prefill of 1, 5, 70 and 3 tokens in one call) against the CPU
-/// backend's fp8 precision on the built-in tiny model: overall relative error of the logits
-/// (bound 2e-2, see `model/tests/cuda.rs`) and every position's cosine >= 0.99 (lenient: a
-/// routing near-tie can flip an expert for a token; the test suite separates those).
+/// backend's fp8 precision on the built-in tiny model, under the bounds `model/tests/cuda.rs`
+/// derives: every position before its sequence's first routing flip within cosine 0.995 and
+/// relative 1e-1 (the metric: the worst relative error there), and routing flips in the first
+/// MoE layer (which no earlier flip can have caused) for at most 15% of the tokens. Positions
+/// after a flip compute a different function of their sequence and are only counted.
 pub fn check_tiny_forward(gpu: &Gpu, quick: bool) -> Result<CheckReport> {
     let dir = std::env::temp_dir().join(format!("dsv3-verify-tiny-{}", std::process::id()));
     let result = (|| {
@@ -234,22 +236,75 @@ pub fn check_tiny_forward(gpu: &Gpu, quick: bool) -> Result<CheckReport> {
         let want = cpu
             .logits(&cpu.forward_hidden(&seqs, &mut cache).map_err(merr)?)
             .map_err(merr)?;
-        let got = backend.forward(&seqs, LogitRows::All).map_err(merr)?;
-        let worst_cos = got
+        let mut cache = cpu.new_cache(16).map_err(merr)?;
+        let cpu_trace = cpu.forward_trace(&seqs, &mut cache).map_err(merr)?;
+        let (got, gpu_trace) = backend
+            .forward_traced(&seqs, LogitRows::All)
+            .map_err(merr)?;
+        let seq_of: Vec<usize> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &l)| std::iter::repeat_n(s, l))
+            .collect();
+        let tokens = seq_of.len();
+        // Tokens whose routed experts differ, per MoE layer (sets compared, order free).
+        let flips: Vec<Vec<bool>> = cpu_trace
+            .routing
+            .iter()
+            .zip(&gpu_trace.routing)
+            .map(|(c, g)| {
+                let k = c.len() / tokens.max(1);
+                (0..tokens)
+                    .map(|t| {
+                        let mut a = c[t * k..][..k].to_vec();
+                        let mut b = g[t * k..][..k].to_vec();
+                        a.sort_unstable();
+                        b.sort_unstable();
+                        a != b
+                    })
+                    .collect()
+            })
+            .collect();
+        let first_layer_flips = flips
+            .first()
+            .map_or(0, |f| f.iter().filter(|&&x| x).count());
+        let mut tainted = vec![false; lens.len()];
+        let (mut worst_cos, mut worst_rel, mut checked) = (1.0f64, 0.0f64, 0usize);
+        for (t, (g, w)) in got
             .chunks_exact(vocab)
             .zip(want.chunks_exact(vocab))
-            .map(|(g, w)| cosine(g, w))
-            .fold(1.0f64, f64::min);
+            .enumerate()
+        {
+            if flips.iter().any(|f| f[t]) {
+                tainted[seq_of[t]] = true;
+            }
+            if tainted[seq_of[t]] {
+                continue;
+            }
+            checked += 1;
+            worst_cos = worst_cos.min(cosine(g, w));
+            worst_rel = worst_rel.max(rel_l2_f32(g, w));
+        }
         Ok(CheckReport::new(
             "model forward (cuda vs cpu fp8)",
-            format!("tiny model, lengths {lens:?} in one call"),
+            format!(
+                "tiny model, lengths {lens:?} in one call ({checked} of {tokens} positions before \
+                 a routing flip)"
+            ),
             "rel_l2",
-            rel_l2_f32(&got, &want),
-            2e-2,
+            worst_rel,
+            1e-1,
         )
         .require(
-            worst_cos >= 0.99,
-            format!("worst position cosine {worst_cos:.5} < 0.99"),
+            worst_cos >= 0.995,
+            format!("worst position cosine {worst_cos:.5} < 0.995"),
+        )
+        .require(
+            first_layer_flips * 100 <= 15 * tokens || first_layer_flips <= 1,
+            format!(
+                "routing differs in the first MoE layer for {first_layer_flips}/{tokens} tokens \
+                 (a routing / gate GEMM bug?)"
+            ),
         ))
     })();
     let _ = std::fs::remove_dir_all(&dir);
