@@ -212,6 +212,8 @@ mod gpu_run {
             }
         }
         table.print();
+        #[cfg(feature = "emulate")]
+        print_launch_coverage(&gpu);
         let failures = rows
             .iter()
             .filter(|r| !r.report.as_ref().is_some_and(|c| c.passed))
@@ -273,5 +275,36 @@ mod gpu_run {
                 "ERROR".into(),
             ],
         }
+    }
+}
+
+/// Which of the workspace's kernels the suites launched in the interpreter, and how often: the
+/// coverage line of `verify --emulate`.
+#[cfg(feature = "emulate")]
+fn print_launch_coverage(gpu: &kernels::gpu::Gpu) {
+    let all = [
+        kernels::cubins::ALL,
+        fp8_gemm::cubins::ALL,
+        mla_attention::cubins::ALL,
+        moe_dispatch::cubins::ALL,
+        model::cubins::ALL,
+    ]
+    .concat();
+    let counts = gpu.launch_counts();
+    let names = kernels::gpu::kernel_names(&all);
+    let never: Vec<&String> = names.iter().filter(|n| !counts.contains_key(*n)).collect();
+    println!(
+        "kernels launched: {} of {} ({} launches in all)",
+        names.len() - never.len(),
+        names.len(),
+        counts.values().sum::<u64>()
+    );
+    let mut ran: Vec<(&String, &u64)> = counts.iter().collect();
+    ran.sort();
+    for (name, n) in ran {
+        println!("  {name}: {n}");
+    }
+    for name in never {
+        println!("  {name}: never launched");
     }
 }

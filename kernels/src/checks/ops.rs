@@ -371,8 +371,11 @@ impl SampleVerdict {
             near_edge,
             bad,
         } = self;
+        // One near-miss is always allowed: with a handful of rows (the interpreter build's
+        // sizes) a 10% budget would be none, and a near-miss is a legitimate outcome; only a
+        // systematic off-by-one shows, as near-misses in most rows.
         CheckReport::new(name, shape, "bad_rows", bad as f64, 0.0).require(
-            near * 10 <= rows,
+            near * 10 <= rows || near <= 1,
             format!(
                 "{near} of {rows} rows were boundary near-misses (exact {exact}, near-misses at \
                  the edge draws {near_edge})"
@@ -390,9 +393,9 @@ fn is_edge_draw(u: f32) -> bool {
 /// of an interval boundary may pick a neighbour. Each row passes if it matches the reference, or
 /// if the GPU's token is in the reference nucleus and the draw lies within 1e-4 of the nucleus
 /// mass of that token's interval (f64 evaluation). Greedy rows must match exactly. The callers
-/// allow at most 10% of rows to be such near-misses, not counting the rows whose draw is planted
-/// on an edge (with 2 or 3 rows, one planted edge draw alone used to exceed 10%: the interpreter
-/// build, which runs few rows, found it).
+/// allow at most 10% of rows (and always one) to be such near-misses, not counting the rows whose
+/// draw is planted on an edge (with 2 or 3 rows, one planted edge draw alone used to exceed 10%:
+/// the interpreter build, which runs few rows, found it).
 fn judge_samples(
     logits: &[f32],
     vocab: usize,

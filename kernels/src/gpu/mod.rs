@@ -40,9 +40,9 @@ pub use tma::{tensor_map_2d, TensorMap};
 
 #[cfg(feature = "emulate")]
 pub use emulated::{
-    tensor_map_2d, CUtensorMapDataType, CUtensorMapSwizzle, CudaContext, CudaEvent, CudaEventFlags,
-    CudaFunction, CudaSlice, CudaStream, DeviceElement, DeviceRepr, DeviceTensor, EmuError, Gpu,
-    LaunchArgs, LaunchConfig, PushKernelArg, TensorMap,
+    kernel_names, tensor_map_2d, CUtensorMapDataType, CUtensorMapSwizzle, CudaContext, CudaEvent,
+    CudaEventFlags, CudaFunction, CudaSlice, CudaStream, DeviceElement, DeviceRepr, DeviceTensor,
+    EmuError, Gpu, LaunchArgs, LaunchConfig, PushKernelArg, TensorMap,
 };
 
 pub use info::DeviceInfo;

@@ -21,6 +21,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     info: DeviceInfo,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// Launches per `module/kernel`, for the coverage line of `harness verify --emulate`.
+    launches: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -56,6 +58,7 @@ impl Gpu {
             stream: Arc::new(CudaStream::default()),
             info,
             functions: Mutex::default(),
+            launches: Mutex::default(),
         })
     }
 
@@ -171,6 +174,12 @@ impl Gpu {
             detail,
         })?;
         let (g, b) = (cfg.grid_dim, cfg.block_dim);
+        *self
+            .launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{}/{}", f.module, f.name.to_string_lossy()))
+            .or_default() += 1;
         // No lock: the interpreter keeps its state per OS thread, so launches from several host
         // threads (the test harness's) run side by side, like kernels on several streams. Each
         // caller owns its buffers; nothing here relies on one stream's ordering across threads.
@@ -240,4 +249,38 @@ fn host_memory() -> (usize, usize) {
             .map_or(0, |kib| kib * 1024)
     };
     (field("MemAvailable:"), field("MemTotal:"))
+}
+
+impl Gpu {
+    /// How many times each `module/kernel` was launched on this device so far.
+    pub fn launch_counts(&self) -> HashMap<String, u64> {
+        self.launches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Every kernel (`module/kernel`) in the kernel tables of `cubins`.
+pub fn kernel_names(cubins: &[Cubin]) -> Vec<String> {
+    let mut names = Vec::new();
+    for cubin in cubins {
+        let Some(accessor) = cubin.emulated else {
+            continue;
+        };
+        // SAFETY: the generated accessor returns a pointer to a static table of `count` entries
+        // whose names are static NUL-terminated strings.
+        unsafe {
+            let module = &*accessor();
+            for i in 0..module.count {
+                let k = &*module.kernels.add(i);
+                names.push(format!(
+                    "{}/{}",
+                    cubin.name,
+                    CStr::from_ptr(k.name).to_string_lossy()
+                ));
+            }
+        }
+    }
+    names
 }

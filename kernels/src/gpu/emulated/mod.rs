@@ -21,7 +21,7 @@ mod memory;
 mod tensor;
 mod tma;
 
-pub use device::Gpu;
+pub use device::{kernel_names, Gpu};
 pub use error::EmuError;
 pub use event::{CudaContext, CudaEvent, CudaEventFlags};
 pub use launch::{CudaFunction, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
