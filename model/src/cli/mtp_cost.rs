@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::mtp_cost::{
     check_forced, check_options, current_commit, forced_acceptance, kv_blocks_needed,
     measure_step_costs, parse_batches, shape_json, write_report, ContextFill, MtpCostReport,
-    StepCostOptions, CPU_BATCHES, CPU_CONTEXT, GPU_BATCHES, GPU_CONTEXT,
+    StepCostOptions, CPU_BATCHES, CPU_CONTEXT, GPU_BATCHES, GPU_CONTEXT, MAX_VERIFY_LEN,
 };
 
 /// Untimed calls before the timed ones.
@@ -99,7 +99,16 @@ fn is_gpu(w: &LoadedWeights) -> bool {
 fn model_report(m: &ModelArgs, args: &MtpCostArgs) -> Result<MtpCostReport> {
     super::commands::set_threads(m.threads)?;
     let loaded = load_model(m, false)?;
-    let opts = args.options(is_gpu(&loaded.model), ContextFill::Prefill)?;
+    let mut opts = args.options(is_gpu(&loaded.model), ContextFill::Prefill)?;
+    if args.context.is_none() {
+        // The default context (4096 on a GPU) leaves room inside the model's positions for a
+        // verify step and for the forced-acceptance run's new tokens (twice --steps): the
+        // built-in tiny model has 512 (on a GPU, or in the interpreter build, the default used
+        // to be refused as out of range).
+        let limit = loaded.model.config().max_position_embeddings;
+        let room = MAX_VERIFY_LEN + 2 * args.steps;
+        opts.context = opts.context.min(limit.saturating_sub(room)).max(1);
+    }
     check_options(&opts, loaded.model.config(), usize::MAX)?;
     let prompt_len = args.prompt_len.unwrap_or(opts.context);
     if loaded.model.config().num_nextn_predict_layers > 0 {
