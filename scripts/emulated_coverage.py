@@ -17,16 +17,11 @@ def verify_table(path):
     doc = json.load(open(path))
     per = OrderedDict()
     for row in doc["rows"]:
-        rep = row.get("report")
+        # A row is a check report (kernel, case, passed, ...) or a suite error (kernel absent).
         suite = row.get("suite", "?")
-        if rep is None:
-            key = (suite, "(suite error)")
-            ran, ok = per.get(key, (0, 0))
-            per[key] = (ran + 1, ok)
-            continue
-        key = (suite, rep["kernel"])
+        key = (suite, row.get("kernel") or "(suite error)")
         ran, ok = per.get(key, (0, 0))
-        per[key] = (ran + 1, ok + (1 if rep["passed"] else 0))
+        per[key] = (ran + 1, ok + (1 if row.get("passed") else 0))
     out = [
         f"`harness verify --emulate` at commit `{doc.get('commit', '?')}` on "
         f"\"{doc['device']['name']}\" ({doc.get('date_utc', '?')}):",
@@ -48,13 +43,18 @@ def test_table(path):
     out = ["", "`cargo test --workspace --features emulate`, the GPU test binaries:", "",
            "| test binary | passed | failed | ignored |", "|---|---:|---:|---:|"]
     binary = None
+    crate = "?"
     for line in text.splitlines():
-        m = re.search(r"Running (\S+) \(", line)
+        m = re.search(r"Running (unittests )?(\S+) \(target/[^/]+/deps/(\w+?)-", line)
         if m:
-            binary = m.group(1)
+            if m.group(1):
+                # The model crate's binary `dsv3` runs its unit tests after the library's.
+                crate = m.group(3).replace("_", "-").replace("dsv3", "model")
+            binary = f"{crate} {m.group(2)}"
             continue
         m = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", line)
-        if m and binary and re.search(r"gpu|cuda|ep\.rs|mtp_cost|emulate", binary):
+        gpu_test = re.search(r"tests/(gpu|cuda|ep\.rs|mtp_cost|emulate)", binary or "")
+        if m and gpu_test:
             out.append(f"| {binary} | {m.group(1)} | {m.group(2)} | {m.group(3)} |")
             binary = None
     return "\n".join(out)
