@@ -32,16 +32,6 @@ constexpr uint32_t kMaxThreads = 1024;
 constexpr uint32_t kNumBarriers = 16;
 constexpr uint32_t kFullMask = 0xffffffffu;
 
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string format(const char* fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
-
 struct BarrierState {
   uint32_t arrived = 0;
   uint32_t threads = 0;  // the count named by the arrivals of this generation (0 = all)
@@ -88,13 +78,13 @@ Runner& runner() { return *t_runner; }
 
 std::string thread_name(const Runner& r, uint32_t tid) {
   const Dim& d = r.block_dim;
-  return format("thread (%u, %u, %u) [warp %u lane %u]", tid % d.x, (tid / d.x) % d.y,
+  return msgf("thread (%u, %u, %u) [warp %u lane %u]", tid % d.x, (tid / d.x) % d.y,
                 tid / (d.x * d.y), tid / 32, tid % 32);
 }
 
 std::string block_name(const Runner& r) {
   const Dim& b = r.block.block_idx;
-  return format("block (%u, %u, %u)", b.x, b.y, b.z);
+  return msgf("block (%u, %u, %u)", b.x, b.y, b.z);
 }
 
 // Leaves the current fiber for the scheduler. `forever`: the fiber is finished (or failed) and
@@ -120,7 +110,7 @@ void thread_exit(Runner& r) {
   // A wgmma still pending would write its accumulators into the frame that just returned: on
   // the GPU, registers the exited thread no longer has. A kernel must wait for its wgmma.
   if (!t.wgmma.idle()) {
-    fail(format("thread exited with %zu wgmma group(s) not waited for (wgmma.wait_group)",
+    fail(msgf("thread exited with %zu wgmma group(s) not waited for (wgmma.wait_group)",
                 t.wgmma.committed.size() + (t.wgmma.open.empty() ? 0 : 1)));
   }
   // Bulk / TMA stores still in flight complete on their own after the thread exits.
@@ -151,9 +141,9 @@ std::string describe_wait(const Runner& r, const ThreadState& t) {
     const Mbarrier& m = mb->second;
     const uint8_t* p = static_cast<const uint8_t*>(w.obj);
     std::string where = (p >= r.smem && p < r.smem + r.smem_bytes)
-                            ? format("shared 0x%x", static_cast<unsigned>(p - r.smem))
-                            : format("static shared %p", w.obj);
-    return s + format(" on the mbarrier at %s for parity %llu; it is in phase %llu (parity %llu) "
+                            ? msgf("shared 0x%x", static_cast<unsigned>(p - r.smem))
+                            : msgf("static shared %p", w.obj);
+    return s + msgf(" on the mbarrier at %s for parity %llu; it is in phase %llu (parity %llu) "
                       "with %u of %u arrivals and %lld transaction bytes outstanding, %zu copies "
                       "in flight",
                       where.c_str(), static_cast<unsigned long long>(w.arg),
@@ -164,7 +154,7 @@ std::string describe_wait(const Runner& r, const ThreadState& t) {
   for (uint32_t id = 0; id < kNumBarriers; ++id) {
     if (w.obj == &r.bars[id]) {
       const BarrierState& b = r.bars[id];
-      return s + format(" on barrier %u: %u threads arrived, %u expected", id, b.arrived,
+      return s + msgf(" on barrier %u: %u threads arrived, %u expected", id, b.arrived,
                         b.threads == 0 ? r.live : b.threads);
     }
   }
@@ -172,7 +162,7 @@ std::string describe_wait(const Runner& r, const ThreadState& t) {
 }
 
 std::string deadlock_report(const Runner& r) {
-  std::string s = format("deadlock in kernel %s, %s: every live thread waits and none can proceed",
+  std::string s = msgf("deadlock in kernel %s, %s: every live thread waits and none can proceed",
                          r.kernel, block_name(r).c_str());
   const uint32_t n = static_cast<uint32_t>(r.threads.size());
   for (uint32_t w0 = 0; w0 < n; w0 += 32) {
@@ -190,7 +180,7 @@ std::string deadlock_report(const Runner& r) {
         if (other != what) break;
         ++m;
       }
-      s += format("\n  warp %u lanes %u-%u: ", w0 / 32, l - w0, m - 1 - w0) + what;
+      s += msgf("\n  warp %u lanes %u-%u: ", w0 / 32, l - w0, m - 1 - w0) + what;
       l = m;
     }
   }
@@ -252,7 +242,7 @@ void run_block(Runner& r, Dim block_idx) {
   for (const auto& [addr, bar] : r.block.mbarriers) {
     if (!bar.in_flight.empty()) {
       r.failed = true;
-      r.error = format("kernel %s, %s: the block ended with %zu copies still in flight on the "
+      r.error = msgf("kernel %s, %s: the block ended with %zu copies still in flight on the "
                        "mbarrier at shared 0x%x (loaded but never waited for)",
                        r.kernel, block_name(r).c_str(), bar.in_flight.size(),
                        shared_addr(addr));
@@ -292,18 +282,18 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   const void* addr = info->si_addr;
   std::string what;
   if (t_stacks.is_guard(addr)) {
-    what = format("stack overflow (fiber stacks are %zu KiB)", StackPool::kStackBytes / 1024);
+    what = msgf("stack overflow (fiber stacks are %zu KiB)", StackPool::kStackBytes / 1024);
   } else {
     const std::string region = describe_address(addr);
-    what = region.empty() ? format("invalid memory access at %p", addr)
-                          : format("out-of-bounds access at %p, %s", addr, region.c_str());
+    what = region.empty() ? msgf("invalid memory access at %p", addr)
+                          : msgf("out-of-bounds access at %p, %s", addr, region.c_str());
     if (!region.empty() && r->smem != nullptr && static_cast<const uint8_t*>(addr) >= r->smem &&
         static_cast<const uint8_t*>(addr) <= r->smem + r->smem_bytes + 4096) {
-      what += format(" (dynamic shared memory, %u bytes)", r->smem_bytes);
+      what += msgf(" (dynamic shared memory, %u bytes)", r->smem_bytes);
     }
   }
   r->failed = true;
-  r->error = format("kernel %s, %s, %s: %s", r->kernel, block_name(*r).c_str(),
+  r->error = msgf("kernel %s, %s, %s: %s", r->kernel, block_name(*r).c_str(),
                     thread_name(*r, r->current).c_str(), what.c_str());
   // Abandon the faulting fiber (SA_NODEFER: the signal is not left blocked).
   to_scheduler(*r);
@@ -320,7 +310,7 @@ void on_watchdog(int, siginfo_t*, void*) {
   Runner* r = t_runner;
   if (r == nullptr || !r->in_fiber) return;  // between fibers: the scheduler checks the flag
   r->failed = true;
-  r->error = format("kernel %s, %s, %s: still running after the interpreter's time limit "
+  r->error = msgf("kernel %s, %s, %s: still running after the interpreter's time limit "
                     "(DSV3_EMU_TIMEOUT_S); a loop that never reaches a wait point?",
                     r->kernel, block_name(*r).c_str(), thread_name(*r, r->current).c_str());
   to_scheduler(*r);
@@ -412,7 +402,7 @@ void fail(const std::string& what) {
     abort();
   }
   r->failed = true;
-  r->error = format("kernel %s, %s, %s: ", r->kernel, block_name(*r).c_str(),
+  r->error = msgf("kernel %s, %s, %s: ", r->kernel, block_name(*r).c_str(),
                     thread_name(*r, r->current).c_str()) +
              what;
   to_scheduler(*r);
@@ -431,7 +421,7 @@ uint32_t shared_addr(const void* p) {
 uint8_t* shared_ptr(uint32_t addr, size_t bytes, const char* what) {
   const Runner& r = runner();
   if ((addr & 0x80000000u) != 0 || static_cast<uint64_t>(addr) + bytes > r.smem_bytes) {
-    fail(format("%s: shared address 0x%x (+%zu bytes) is outside the %u bytes of dynamic shared "
+    fail(msgf("%s: shared address 0x%x (+%zu bytes) is outside the %u bytes of dynamic shared "
                 "memory",
                 what, addr, bytes, r.smem_bytes));
   }
@@ -448,7 +438,7 @@ std::array<uint64_t, 32> warp_exchange(uint32_t mask, uint64_t value, const char
   Runner& r = runner();
   ThreadState& t = r.threads[r.current];
   if (mask != kFullMask) {
-    fail(format("%s with mask 0x%08x: the interpreter supports only full-warp collectives", op,
+    fail(msgf("%s with mask 0x%08x: the interpreter supports only full-warp collectives", op,
                 mask));
   }
   WarpState& w = r.warps[t.warp];
@@ -464,12 +454,12 @@ std::array<uint64_t, 32> warp_exchange(uint32_t mask, uint64_t value, const char
         for (uint32_t l = 0; l < 32; ++l) {
           if (w.published[l] > g) continue;
           if (first + l >= r.threads.size()) {
-            fail(format("%s: warp %u has no lane %u (the block has %zu threads), but the mask "
+            fail(msgf("%s: warp %u has no lane %u (the block has %zu threads), but the mask "
                         "names every lane",
                         op, t.warp, l, r.threads.size()));
           }
           if (r.threads[first + l].exited) {
-            fail(format("%s: lane %u of warp %u exited before reaching this warp collective", op,
+            fail(msgf("%s: lane %u of warp %u exited before reaching this warp collective", op,
                         l, t.warp));
           }
           return false;
@@ -480,7 +470,7 @@ std::array<uint64_t, 32> warp_exchange(uint32_t mask, uint64_t value, const char
   std::array<uint64_t, 32> out{};
   for (uint32_t l = 0; l < 32; ++l) {
     if (w.ops[buf][l] != op && strcmp(w.ops[buf][l], op) != 0) {
-      fail(format("warp divergence: lane %u is in %s while lane %u is in %s (collective #%llu "
+      fail(msgf("warp divergence: lane %u is in %s while lane %u is in %s (collective #%llu "
                   "of the warp)",
                   t.lane, op, l, w.ops[buf][l], static_cast<unsigned long long>(g)));
     }
@@ -493,19 +483,19 @@ void warp_sync(uint32_t mask, const char* op) { warp_exchange(mask, 0, op); }
 
 void block_barrier(uint32_t id, uint32_t threads, bool wait, const char* op) {
   Runner& r = runner();
-  if (id >= kNumBarriers) fail(format("%s: barrier id %u (there are 16)", op, id));
+  if (id >= kNumBarriers) fail(msgf("%s: barrier id %u (there are 16)", op, id));
   if (threads % 32 != 0) {
-    fail(format("%s: barrier %u with %u threads (must be a multiple of 32)", op, id, threads));
+    fail(msgf("%s: barrier %u with %u threads (must be a multiple of 32)", op, id, threads));
   }
   if (threads > r.block.num_threads) {
-    fail(format("%s: barrier %u with %u threads in a block of %u", op, id, threads,
+    fail(msgf("%s: barrier %u with %u threads in a block of %u", op, id, threads,
                 r.block.num_threads));
   }
   BarrierState& b = r.bars[id];
   if (b.arrived == 0) {
     b.threads = threads;
   } else if (b.threads != threads) {
-    fail(format("%s: barrier %u used with %u threads while %u threads already arrived "
+    fail(msgf("%s: barrier %u used with %u threads while %u threads already arrived "
                 "expecting %u",
                 op, id, threads, b.arrived, b.threads));
   }
@@ -551,13 +541,13 @@ void run_blocks(const char* name, dsv3_emu_invoke_fn invoke, Dim grid, Dim block
     if (!shared.failed.exchange(true)) shared.error = msg;
   };
   if (!t_stacks.reserve(n)) {
-    record(format("kernel %s: out of host memory for %u fiber stacks", name, n));
+    record(msgf("kernel %s: out of host memory for %u fiber stacks", name, n));
     return;
   }
   // 16-byte aligned, ending at a guard page: an overrun of dynamic shared memory faults.
   r.smem = static_cast<uint8_t*>(guarded_alloc(std::max(smem_bytes, 16u), 16));
   if (r.smem == nullptr) {
-    record(format("kernel %s: out of host memory for %u bytes of shared memory", name,
+    record(msgf("kernel %s: out of host memory for %u bytes of shared memory", name,
                   smem_bytes));
     return;
   }
@@ -588,13 +578,13 @@ extern "C" int dsv3_emu_launch(const char* kernel_name, dsv3_emu_invoke_fn invok
   const Dim b{block[0], block[1], block[2]};
   const uint64_t threads = static_cast<uint64_t>(b.x) * b.y * b.z;
   if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0 || threads > kMaxThreads) {
-    write_error(format("kernel %s: invalid launch: grid (%u, %u, %u), block (%u, %u, %u)",
+    write_error(msgf("kernel %s: invalid launch: grid (%u, %u, %u), block (%u, %u, %u)",
                        kernel_name, g.x, g.y, g.z, b.x, b.y, b.z),
                 err, err_cap);
     return 1;
   }
   if (t_runner != nullptr && t_runner->in_fiber) {
-    write_error(format("kernel %s launched from inside a kernel", kernel_name), err, err_cap);
+    write_error(msgf("kernel %s launched from inside a kernel", kernel_name), err, err_cap);
     return 1;
   }
   LaunchShared shared;
@@ -643,7 +633,7 @@ extern "C" int dsv3_emu_launch(const char* kernel_name, dsv3_emu_invoke_fn invok
 extern "C" void* dsv3_emu_alloc(size_t bytes, char* err, size_t err_cap) {
   void* p = dsv3::emu::guarded_alloc(bytes, 16);
   if (p == nullptr) {
-    dsv3::emu::write_error(dsv3::emu::format("out of host memory allocating %zu bytes", bytes),
+    dsv3::emu::write_error(dsv3::emu::msgf("out of host memory allocating %zu bytes", bytes),
                            err, err_cap);
   }
   return p;

@@ -10,7 +10,9 @@
 // warp waits on. Nothing here is thread-safe across fibers because fibers never run concurrently.
 #pragma once
 
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <array>
 #include <deque>
@@ -118,6 +120,18 @@ void blocked_yield(const WaitInfo& info);
 template <class Pred>
 inline void wait_until(Pred pred, const WaitInfo& info) {
   while (!pred()) blocked_yield(info);
+}
+
+// A printf-style message (for fail() and the runtime's own reports): what was misused and with
+// which values.
+inline std::string msgf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline std::string msgf(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return buf;
 }
 
 // Ends the launch with an error naming the kernel, the block and the calling thread.

@@ -13,16 +13,6 @@
 namespace dsv3 {
 namespace emu {
 
-// printf-style message for fail(): the primitives report what was misused and with which values.
-inline std::string msgf(const char* fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
-
 // shared_addr() tags static __shared__ variables with bit 31 (runtime.h); the tag says nothing
 // about where the variable sits in the hardware window, so such an address has no swizzle bits.
 constexpr uint32_t kStaticSharedTag = 0x80000000u;
