@@ -456,6 +456,48 @@ impl<B: Backend> Engine<B> {
         })
     }
 
+    /// Logits of every position of each sequence of `batch` (`[len_i, vocab]` each), from an
+    /// empty cache, all sequences in one forward call.
+    pub fn logits_batch(&mut self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for ids in batch {
+            self.check_prompt(ids)?;
+        }
+        let mut seqs = Vec::with_capacity(batch.len());
+        let result = (|| {
+            for ids in batch {
+                seqs.push(self.start_sequence(ids.len())?);
+            }
+            let blocks: Vec<Vec<u32>> = seqs
+                .iter()
+                .map(|&s| self.alloc.blocks(s).unwrap_or_default().to_vec())
+                .collect();
+            let chunks: Vec<SeqChunk> = batch
+                .iter()
+                .zip(&blocks)
+                .map(|(ids, b)| SeqChunk {
+                    ids,
+                    start: 0,
+                    blocks: b,
+                })
+                .collect();
+            self.backend.forward(&chunks, LogitRows::All)
+        })();
+        for s in seqs {
+            let _ = self.alloc.free(s);
+        }
+        let logits = result?;
+        let vocab = self.config().vocab_size;
+        let mut rest = &logits[..];
+        Ok(batch
+            .iter()
+            .map(|ids| {
+                let (mine, tail) = rest.split_at(ids.len() * vocab);
+                rest = tail;
+                mine.to_vec()
+            })
+            .collect())
+    }
+
     /// Logits of every position of `ids` ([len, vocab]) and the MTP module's logits
     /// ([len - 1, vocab]; row `i` predicts token `i + 2` from position `i` and the given token
     /// `i + 1`), from empty caches: one main pass, then one MTP pass over all positions.

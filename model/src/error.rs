@@ -66,6 +66,14 @@ pub enum ModelError {
         free_blocks: usize,
         total_blocks: usize,
     },
+    /// A collective of a distributed world failed: a peer left (after its own error), did not
+    /// answer in time, or called another collective. Secondary: the peer's error is the cause.
+    Collective { detail: String },
+    /// An error on one rank of a distributed world.
+    OnRank {
+        rank: usize,
+        source: Box<ModelError>,
+    },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -81,6 +89,32 @@ impl ModelError {
     pub fn request(detail: impl Into<String>) -> Self {
         ModelError::Request {
             detail: detail.into(),
+        }
+    }
+
+    pub fn collective(detail: impl Into<String>) -> Self {
+        ModelError::Collective {
+            detail: detail.into(),
+        }
+    }
+
+    /// `self` as it happened on `rank` (an error already naming its rank stays as it is).
+    pub fn on_rank(self, rank: usize) -> Self {
+        match self {
+            ModelError::OnRank { .. } => self,
+            other => ModelError::OnRank {
+                rank,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// Whether this error only reports that a peer rank went away or stalled.
+    pub fn is_collective(&self) -> bool {
+        match self {
+            ModelError::Collective { .. } => true,
+            ModelError::OnRank { source, .. } => source.is_collective(),
+            _ => false,
         }
     }
 
@@ -207,6 +241,8 @@ impl fmt::Display for ModelError {
                 "KV cache exhausted: {needed_blocks} more block(s) of 64 tokens needed, \
                  {free_blocks} of {total_blocks} free (raise --kv-blocks or shorten the request)"
             ),
+            ModelError::Collective { detail } => write!(f, "collective failed: {detail}"),
+            ModelError::OnRank { rank, source } => write!(f, "rank {rank}: {source}"),
         }
     }
 }
@@ -216,6 +252,7 @@ impl std::error::Error for ModelError {
         match self {
             ModelError::Io { source, .. } => Some(source),
             ModelError::Kernel(e) => Some(e),
+            ModelError::OnRank { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

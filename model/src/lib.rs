@@ -19,6 +19,7 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod fullwidth;

@@ -20,6 +20,24 @@ pub struct SpecStats {
 }
 
 impl SpecStats {
+    /// Adds the statistics of other sequences that ran side by side with these (another rank of
+    /// a data-parallel world): their passes ran concurrently, so `main_steps` is the larger
+    /// count; every per-sequence count adds up.
+    pub fn merge(&mut self, other: &SpecStats) {
+        self.main_steps = self.main_steps.max(other.main_steps);
+        self.seq_steps += other.seq_steps;
+        self.emitted += other.emitted;
+        for (mine, theirs) in [
+            (&mut self.drafted_at, &other.drafted_at),
+            (&mut self.accepted_at, &other.accepted_at),
+        ] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            mine.iter_mut().zip(theirs).for_each(|(a, b)| *a += b);
+        }
+    }
+
     /// Records one sequence's verification: `drafted` drafts, `accepted` of them kept, `emitted`
     /// tokens appended to its output.
     pub fn record(&mut self, drafted: usize, accepted: usize, emitted: usize) {

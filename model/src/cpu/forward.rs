@@ -1,16 +1,18 @@
 //! The decoder layer forward pass of spec §3 on the CPU: MLA in the absorbed form over a paged
 //! cache of `[c_kv ; k_pe]` entries, then the dense MLP or the MoE.
 
+use kernels::reference::fp8_quant::Fp8Activations;
 use kernels::reference::{apply_rope, rms_norm, RopeLayout, RopeParams};
 use mla_attention::reference::MlaDims;
 use moe_dispatch::reference::routing::route;
 use rayon::prelude::*;
 
 use crate::config::ModelConfig;
+use crate::dist::RankComm;
 use crate::error::Result;
 
 use super::attention::{absorb_output, absorb_query, attend_token, entry_index, CacheView};
-use super::linear::round_bf16;
+use super::linear::{round_bf16, Linear};
 use super::weights::{Attention, DecoderLayer, Ffn, Mlp, Moe, QueryProj};
 use super::Precision;
 
@@ -37,6 +39,12 @@ pub struct Context<'a> {
     /// Debugging hook: when set, every MoE layer appends its routed expert ids (`[rows, top_k]`,
     /// best first) here (see [`CpuModel::forward_trace`](super::CpuModel::forward_trace)).
     pub routing_trace: Option<&'a std::sync::Mutex<Vec<Vec<i32>>>>,
+    /// Every linear layer through [`Linear::forward_row_invariant`]: set in a distributed world,
+    /// whose ranks multiply other row sets than one process would (see `crate::dist`).
+    pub row_invariant: bool,
+    /// This rank's place in an expert-parallel world: MoE layers send their tokens to the ranks
+    /// that hold the chosen experts. `None`: every expert is local.
+    pub ep: Option<&'a RankComm>,
 }
 
 impl Context<'_> {
@@ -57,6 +65,15 @@ impl Context<'_> {
 
     fn dims(&self) -> MlaDims {
         mla_dims(self.cfg)
+    }
+
+    /// `y = x W^T` as this call multiplies: row-invariant in a distributed world.
+    pub fn linear(&self, w: &Linear, x: &[f32]) -> Result<Vec<f32>> {
+        if self.row_invariant {
+            w.forward_row_invariant(x)
+        } else {
+            w.forward(x)
+        }
     }
 }
 
@@ -125,11 +142,11 @@ impl Attention {
 
         let mut q = match &self.q {
             QueryProj::Lora { q_a, q_a_norm, q_b } => {
-                let mut c_q = q_a.forward(h)?;
+                let mut c_q = ctx.linear(q_a, h)?;
                 ctx.store(&mut c_q);
-                q_b.forward(&ctx.norm(&c_q, q_a_norm)?)?
+                ctx.linear(q_b, &ctx.norm(&c_q, q_a_norm)?)?
             }
-            QueryProj::Direct(q_proj) => q_proj.forward(h)?,
+            QueryProj::Direct(q_proj) => ctx.linear(q_proj, h)?,
         };
         let q_layout = RopeLayout {
             tokens,
@@ -143,7 +160,7 @@ impl Attention {
         ctx.store(&mut q);
 
         // New cache entries: [RMSNorm(c_kv) ; RoPE(k_pe)].
-        let kv = self.kv_a.forward(h)?;
+        let kv = ctx.linear(&self.kv_a, h)?;
         let entries = cache_entries(ctx, &kv, &self.kv_a_norm, &pos)?;
         let mut t = 0;
         for s in seqs {
@@ -188,7 +205,7 @@ impl Attention {
         ctx.store(&mut o_lat);
         let mut o = absorb_output(&dims, &o_lat, &self.w_uv_t);
         ctx.store(&mut o);
-        self.o.forward(&o)
+        ctx.linear(&self.o, &o)
     }
 }
 
@@ -230,11 +247,28 @@ pub fn cache_entries(
 impl Mlp {
     /// `down(silu(gate(x)) * up(x))` for `x` [rows, hidden].
     pub fn forward(&self, ctx: &Context, x: &[f32]) -> Result<Vec<f32>> {
-        let gate = self.gate.forward(x)?;
-        let up = self.up.forward(x)?;
+        let gate = ctx.linear(&self.gate, x)?;
+        let up = ctx.linear(&self.up, x)?;
+        self.finish(ctx, &gate, &up)
+    }
+
+    /// [`forward`](Self::forward) of rows as an expert receives them: f32 values, or FP8 codes
+    /// with their scales (what the gate and up projections would have quantized them to).
+    pub fn forward_rows(&self, ctx: &Context, rows: &ExpertRows) -> Result<Vec<f32>> {
+        match rows {
+            ExpertRows::F32(x) => self.forward(ctx, x),
+            ExpertRows::Fp8(a) => {
+                let gate = self.gate.forward_quantized(a, ctx.row_invariant)?;
+                let up = self.up.forward_quantized(a, ctx.row_invariant)?;
+                self.finish(ctx, &gate, &up)
+            }
+        }
+    }
+
+    fn finish(&self, ctx: &Context, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
         let mut act: Vec<f32> = gate
             .iter()
-            .zip(&up)
+            .zip(up)
             .map(|(&g, &u)| kernels::reference::silu_mul::silu(g) * u)
             .collect();
         // In fp8 the GPU quantizes silu(g) * u straight from f32 (the fused kernel); the down
@@ -242,16 +276,26 @@ impl Mlp {
         if ctx.precision == Precision::Exact {
             ctx.store(&mut act);
         }
-        self.down.forward(&act)
+        ctx.linear(&self.down, &act)
     }
+}
+
+/// The input rows of one expert.
+#[derive(Clone, Debug)]
+pub enum ExpertRows {
+    /// `[rows, hidden]` f32.
+    F32(Vec<f32>),
+    /// Token-major FP8 codes and per-128-channel scales (expert-parallel dispatch in fp8).
+    Fp8(Fp8Activations),
 }
 
 impl Moe {
     /// Routed experts weighted by the router plus the shared experts, for `x` [rows, hidden].
-    fn forward(&self, ctx: &Context, x: &[f32]) -> Result<Vec<f32>> {
+    pub(crate) fn forward(&self, ctx: &Context, x: &[f32]) -> Result<Vec<f32>> {
         let hidden = ctx.cfg.hidden_size;
         let rows = x.len() / hidden;
-        let z = self.gate.forward(x)?;
+        let top_k = self.routing.top_k;
+        let z = ctx.linear(&self.gate, x)?;
         let routing = route(&z, self.bias.as_deref(), &self.routing)?;
         if let Some(trace) = ctx.routing_trace {
             trace
@@ -259,35 +303,22 @@ impl Moe {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(routing.ids.clone());
         }
-
-        // Group the (token, weight) pairs by expert so each expert multiplies all its rows at
-        // once (the permute step of the GPU path, without the device layout).
-        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
-        for t in 0..rows {
-            for (&e, &w) in routing.ids_of(t).iter().zip(routing.weights_of(t)) {
-                per_expert[e as usize].push((t, w));
-            }
-        }
-        let outputs: Vec<Result<Vec<f32>>> = per_expert
-            .par_iter()
-            .zip(&self.experts)
-            .map(|(assigned, expert)| {
-                if assigned.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let gathered: Vec<f32> = assigned
-                    .iter()
-                    .flat_map(|&(t, _)| &x[t * hidden..][..hidden])
-                    .copied()
-                    .collect();
-                expert.forward(ctx, &gathered)
-            })
-            .collect();
+        // One output row per (token, choice), `[rows * top_k, hidden]`.
+        let pair_out = match ctx.ep {
+            None => self.local_pair_outputs(ctx, x, &routing.ids)?,
+            Some(comm) => crate::dist::exchange::moe_exchange(comm, ctx, self, x, &routing.ids)?,
+        };
+        // Each token's weighted expert outputs summed in increasing expert id (the order does
+        // not depend on where the experts ran), then the shared experts.
         let mut y = vec![0.0f32; rows * hidden];
-        for (assigned, out) in per_expert.iter().zip(outputs) {
-            let out = out?;
-            for (&(t, w), row) in assigned.iter().zip(out.chunks_exact(hidden)) {
-                for (a, b) in y[t * hidden..][..hidden].iter_mut().zip(row) {
+        for (t, out) in y.chunks_exact_mut(hidden).enumerate() {
+            let ids = routing.ids_of(t);
+            let mut order: Vec<usize> = (0..top_k).collect();
+            order.sort_by_key(|&k| ids[k]);
+            for k in order {
+                let w = routing.weights_of(t)[k];
+                let row = &pair_out[(t * top_k + k) * hidden..][..hidden];
+                for (a, b) in out.iter_mut().zip(row) {
                     *a += w * b;
                 }
             }
@@ -298,5 +329,46 @@ impl Moe {
         }
         ctx.store(&mut y);
         Ok(y)
+    }
+
+    /// Every (token, choice) pair's expert output row with all experts in this process:
+    /// `[rows * top_k, hidden]`.
+    fn local_pair_outputs(&self, ctx: &Context, x: &[f32], ids: &[i32]) -> Result<Vec<f32>> {
+        let hidden = ctx.cfg.hidden_size;
+        if self.experts.start != 0 || self.experts.len() != self.routing.num_experts {
+            return Err(crate::error::ModelError::request(format!(
+                "this MoE layer holds experts {:?} of {}; running it without an expert-parallel \
+                 world needs all of them",
+                self.experts.range(),
+                self.routing.num_experts
+            )));
+        }
+        // Group the pairs by expert so each expert multiplies all its rows at once (the
+        // permute step of the GPU path, without the device layout).
+        let mut per_expert: Vec<Vec<usize>> = vec![Vec::new(); self.experts.len()];
+        for (pair, &e) in ids.iter().enumerate() {
+            per_expert[e as usize].push(pair);
+        }
+        let top_k = self.routing.top_k;
+        let inputs: Vec<ExpertRows> = per_expert
+            .iter()
+            .map(|pairs| {
+                ExpertRows::F32(
+                    pairs
+                        .iter()
+                        .flat_map(|&p| &x[(p / top_k) * hidden..][..hidden])
+                        .copied()
+                        .collect(),
+                )
+            })
+            .collect();
+        let outputs = self.experts.run(ctx, &inputs)?;
+        let mut pair_out = vec![0.0f32; ids.len() * hidden];
+        for (pairs, out) in per_expert.iter().zip(outputs) {
+            for (&p, row) in pairs.iter().zip(out.chunks_exact(hidden)) {
+                pair_out[p * hidden..][..hidden].copy_from_slice(row);
+            }
+        }
+        Ok(pair_out)
     }
 }

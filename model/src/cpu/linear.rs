@@ -14,11 +14,13 @@
 
 use fp8_gemm::reference::{gemm_nt_f32, Fp8Weights};
 use half::bf16;
+use kernels::reference::fp8_quant::Fp8Activations;
 use kernels::reference::{quantize_fp8, ScaleLayout};
 
 use crate::checkpoint::LinearWeight;
 use crate::error::{ModelError, Result};
 
+use super::row_invariant::fp8_matmul_row_invariant;
 use super::skinny::matmul_nt_skinny;
 use super::Precision;
 
@@ -105,7 +107,8 @@ impl Linear {
     /// [`forward`](Self::forward) where every output row depends on its input row alone,
     /// whatever the number of rows: the output heads use it, so a sequence's logits come out
     /// the same bit for bit whether one row per sequence ([`LogitRows::Last`]) or every row
-    /// ([`LogitRows::All`], verify steps, `dsv3 logits`) is asked for.
+    /// ([`LogitRows::All`], verify steps, `dsv3 logits`) is asked for; and every linear layer of
+    /// a distributed world does, so the world size changes no bit (see `crate::dist`).
     ///
     /// [`LogitRows::Last`]: crate::engine::LogitRows::Last
     /// [`LogitRows::All`]: crate::engine::LogitRows::All
@@ -118,7 +121,38 @@ impl Linear {
                 ..
             } => Ok(matmul_nt_skinny(x, wb, x.len() / k, *n, *k)),
             Linear::F32 { w, n, k, .. } => Ok(matmul_nt_skinny(x, w, x.len() / k, *n, *k)),
-            Linear::Fp8 { .. } => self.forward(x),
+            Linear::Fp8 { w, ue8m0 } => {
+                let a = quantize_fp8(x, w.k, *ue8m0, ScaleLayout::TokenMajor)?;
+                self.forward_quantized(&a, true)
+            }
+        }
+    }
+
+    /// `y = x W^T` for activations already quantized per token per 128 channels (token-major
+    /// scales): what an expert runs on the FP8 rows expert parallelism dispatches. Equal to
+    /// [`forward`](Self::forward) (or, with `row_invariant`,
+    /// [`forward_row_invariant`](Self::forward_row_invariant)) of the rows those codes were made
+    /// from, since quantizing is the first thing both do. A non-FP8 weight multiplies the
+    /// dequantized rows.
+    pub fn forward_quantized(&self, a: &Fp8Activations, row_invariant: bool) -> Result<Vec<f32>> {
+        match self {
+            Linear::Fp8 { w, .. } => {
+                let y = if row_invariant {
+                    fp8_matmul_row_invariant(a, w)?
+                } else {
+                    gemm_nt_f32(a, w)?
+                };
+                // The GPU GEMM writes BF16; round here so both backends see the same values.
+                Ok(y.into_iter().map(round_bf16).collect())
+            }
+            Linear::F32 { .. } => {
+                let x = dequantize_rows(a);
+                if row_invariant {
+                    self.forward_row_invariant(&x)
+                } else {
+                    self.forward(&x)
+                }
+            }
         }
     }
 
@@ -137,12 +171,20 @@ impl Linear {
             Linear::F32 { w, n, k, .. } => Ok(matmul_nt(x, w, rows, *n, *k)),
             Linear::Fp8 { w, ue8m0 } => {
                 let a = quantize_fp8(x, w.k, *ue8m0, ScaleLayout::TokenMajor)?;
-                let y = gemm_nt_f32(&a, w)?;
-                // The GPU GEMM writes BF16; round here so both backends see the same values.
-                Ok(y.into_iter().map(round_bf16).collect())
+                self.forward_quantized(&a, false)
             }
         }
     }
+}
+
+/// The f32 values of token-major FP8 activations (`code * scale` per 128-channel block).
+pub fn dequantize_rows(a: &Fp8Activations) -> Vec<f32> {
+    let table = kernels::dtype::e4m3_decode_table();
+    let k = a.channels;
+    a.q.iter()
+        .enumerate()
+        .map(|(i, c)| table[usize::from(c.0)] * a.scale(i / k, (i % k) / 128))
+        .collect()
 }
 
 /// `w` as BF16 when every value is exactly a BF16 value (the low 16 bits zero), else `None`.

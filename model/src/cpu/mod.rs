@@ -9,6 +9,7 @@ pub mod forward;
 pub mod linear;
 pub mod mtp;
 pub mod ordered;
+pub mod row_invariant;
 pub mod skinny;
 pub mod weights;
 
@@ -17,6 +18,7 @@ use mla_attention::BLOCK_SIZE;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::dist::{RankComm, StepKind};
 use crate::error::{ModelError, Result};
 
 pub use forward::{Context, SeqChunk};
@@ -94,6 +96,8 @@ pub struct CpuModel {
     final_norm: Vec<f32>,
     lm_head: Linear,
     mtp: Vec<MtpWeights>,
+    /// Set on a rank of a distributed world.
+    ep: Option<std::sync::Arc<RankComm>>,
 }
 
 /// The paged KV cache of the CPU backend: one `[num_blocks * 64, d_c + d_rope]` buffer per layer.
@@ -153,13 +157,25 @@ impl CpuModel {
         precision: Precision,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        let all = 0..ckpt.config().n_routed_experts;
+        Self::load_shard(ckpt, precision, all, progress)
+    }
+
+    /// One expert-parallel rank's model: every weight but the routed experts, of which only
+    /// `experts` (global ids, the same range in every MoE layer) are read.
+    pub fn load_shard(
+        ckpt: &Checkpoint,
+        precision: Precision,
+        experts: std::ops::Range<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let cfg = ckpt.config().clone();
         let rope = cfg.rope_params()?;
         let embed = vector(ckpt, "model.embed_tokens.weight")?;
         let total = cfg.num_hidden_layers + ckpt.num_mtp_layers();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            layers.push(DecoderLayer::load(ckpt, l, precision)?);
+            layers.push(DecoderLayer::load(ckpt, l, precision, experts.clone())?);
             progress(l + 1, total);
         }
         let lm_head = Linear::from_f32(
@@ -169,7 +185,7 @@ impl CpuModel {
         );
         let mut mtp = Vec::with_capacity(ckpt.num_mtp_layers());
         for j in 0..ckpt.num_mtp_layers() {
-            mtp.push(load_mtp(ckpt, cfg.mtp_layer_id(j), precision)?);
+            mtp.push(load_mtp(ckpt, cfg.mtp_layer_id(j), precision, &experts)?);
             progress(cfg.num_hidden_layers + j + 1, total);
         }
         Ok(CpuModel {
@@ -182,7 +198,38 @@ impl CpuModel {
             layers,
             lm_head,
             mtp,
+            ep: None,
         })
+    }
+
+    /// Joins an expert-parallel world: from now on every forward call exchanges its MoE rows
+    /// through `comm` and multiplies row-invariantly (see [`crate::dist`]).
+    pub fn set_rank_comm(&mut self, comm: std::sync::Arc<RankComm>) {
+        self.ep = Some(comm);
+    }
+
+    /// The world this model is a rank of, if any.
+    pub fn rank_comm(&self) -> Option<&RankComm> {
+        self.ep.as_deref()
+    }
+
+    /// Serves one step of `kind` without tokens of its own: every MoE layer that step runs
+    /// joins its exchange with zero rows and computes its experts' share of the other ranks'
+    /// rows.
+    pub fn serve_idle_step(&self, kind: StepKind) -> Result<()> {
+        let ctx = self.context();
+        let hidden = self.cfg.hidden_size;
+        let layers: Vec<&DecoderLayer> = match kind {
+            StepKind::Main => self.layers.iter().collect(),
+            StepKind::Mtp => self.mtp.first().map(|m| &m.layer).into_iter().collect(),
+        };
+        for layer in layers {
+            if let weights::Ffn::Moe(moe) = &layer.ffn {
+                let out = moe.forward(&ctx, &[])?;
+                debug_assert_eq!(out.len() % hidden, 0);
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -207,6 +254,8 @@ impl CpuModel {
             precision: self.precision,
             max_positions: self.cfg.max_position_embeddings,
             routing_trace: None,
+            row_invariant: self.ep.is_some(),
+            ep: self.ep.as_deref(),
         }
     }
 
@@ -284,7 +333,12 @@ impl CpuModel {
     }
 }
 
-fn load_mtp(ckpt: &Checkpoint, l: usize, precision: Precision) -> Result<MtpWeights> {
+fn load_mtp(
+    ckpt: &Checkpoint,
+    l: usize,
+    precision: Precision,
+    experts: &std::ops::Range<usize>,
+) -> Result<MtpWeights> {
     let cfg = ckpt.config();
     let (vocab, d) = (cfg.vocab_size, cfg.hidden_size);
     let p = format!("model.layers.{l}");
@@ -292,7 +346,7 @@ fn load_mtp(ckpt: &Checkpoint, l: usize, precision: Precision) -> Result<MtpWeig
         enorm: vector(ckpt, &format!("{p}.enorm.weight"))?,
         hnorm: vector(ckpt, &format!("{p}.hnorm.weight"))?,
         eh_proj: weights::linear(ckpt, &format!("{p}.eh_proj.weight"), precision)?,
-        layer: DecoderLayer::load(ckpt, l, precision)?,
+        layer: DecoderLayer::load(ckpt, l, precision, experts.clone())?,
         head_norm: vector(ckpt, &format!("{p}.shared_head.norm.weight"))?,
         head: Linear::from_f32(
             ckpt.to_f32(&format!("{p}.shared_head.head.weight"))?,

@@ -86,7 +86,7 @@ impl CpuModel {
             cat.extend_from_slice(er);
             cat.extend_from_slice(hr);
         }
-        let mut x = mtp.eh_proj.forward(&cat)?;
+        let mut x = ctx.linear(&mtp.eh_proj, &cat)?;
         ctx.store(&mut x);
         mtp.layer
             .forward(&ctx, &mut x, seqs, &mut cache.layers[0])?;

@@ -1,13 +1,16 @@
 //! The weights of one decoder layer (main or MTP) prepared for the CPU backend.
 
+use std::ops::Range;
+
 use moe_dispatch::reference::routing::{RoutingConfig, Scoring, TopkMethod};
+use rayon::prelude::*;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
 use super::attention::transpose_w_uv;
-use super::forward::mla_dims;
+use super::forward::{mla_dims, Context, ExpertRows};
 use super::linear::{round_bf16, Linear};
 use super::Precision;
 
@@ -82,8 +85,58 @@ pub struct Moe {
     /// `e_score_correction_bias` (noaux_tc only).
     pub bias: Option<Vec<f32>>,
     pub routing: RoutingConfig,
-    pub experts: Vec<Mlp>,
+    /// The routed experts this process holds: all of them, or one rank's share.
+    pub experts: LocalExperts,
     pub shared: Option<Mlp>,
+}
+
+/// The routed experts `start..start + mlps.len()` of one MoE layer (global ids).
+#[derive(Clone, Debug)]
+pub struct LocalExperts {
+    pub start: usize,
+    pub mlps: Vec<Mlp>,
+}
+
+impl LocalExperts {
+    pub fn len(&self) -> usize {
+        self.mlps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mlps.is_empty()
+    }
+
+    /// Their global ids.
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.mlps.len()
+    }
+
+    /// Runs local expert `i` on `inputs[i]` for every `i` in parallel (an expert without rows
+    /// gives an empty output).
+    pub fn run(&self, ctx: &Context, inputs: &[ExpertRows]) -> Result<Vec<Vec<f32>>> {
+        if inputs.len() != self.mlps.len() {
+            return Err(ModelError::request(format!(
+                "{} expert inputs for {} local experts",
+                inputs.len(),
+                self.mlps.len()
+            )));
+        }
+        inputs
+            .par_iter()
+            .zip(&self.mlps)
+            .map(|(rows, expert)| {
+                let empty = match rows {
+                    ExpertRows::F32(x) => x.is_empty(),
+                    ExpertRows::Fp8(a) => a.tokens == 0,
+                };
+                if empty {
+                    Ok(Vec::new())
+                } else {
+                    expert.forward_rows(ctx, rows)
+                }
+            })
+            .collect()
+    }
 }
 
 /// One decoder layer.
@@ -118,8 +171,15 @@ pub fn routing_config(cfg: &ModelConfig) -> Result<RoutingConfig> {
 }
 
 impl DecoderLayer {
-    /// Loads layer `l` (a main layer or an MTP layer id).
-    pub fn load(ckpt: &Checkpoint, l: usize, precision: Precision) -> Result<Self> {
+    /// Loads layer `l` (a main layer or an MTP layer id) with the routed experts in `experts`
+    /// (global ids; `0..n_routed_experts` for all): an expert-parallel rank reads only its own
+    /// experts' bytes.
+    pub fn load(
+        ckpt: &Checkpoint,
+        l: usize,
+        precision: Precision,
+        experts: Range<usize>,
+    ) -> Result<Self> {
         let cfg = ckpt.config();
         let p = format!("model.layers.{l}");
         let a = format!("{p}.self_attn");
@@ -155,9 +215,19 @@ impl DecoderLayer {
             } else {
                 None
             };
-            let experts = (0..cfg.n_routed_experts)
-                .map(|e| Mlp::load(ckpt, &format!("{m}.experts.{e}"), precision))
-                .collect::<Result<Vec<_>>>()?;
+            if experts.end > cfg.n_routed_experts || experts.is_empty() {
+                return Err(ModelError::request(format!(
+                    "layer {l}: expert range {experts:?} is not a non-empty part of the {} \
+                     routed experts",
+                    cfg.n_routed_experts
+                )));
+            }
+            let experts = LocalExperts {
+                start: experts.start,
+                mlps: experts
+                    .map(|e| Mlp::load(ckpt, &format!("{m}.experts.{e}"), precision))
+                    .collect::<Result<Vec<_>>>()?,
+            };
             let shared = if cfg.n_shared_experts > 0 {
                 Some(Mlp::load(ckpt, &format!("{m}.shared_experts"), precision)?)
             } else {

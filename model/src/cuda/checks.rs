@@ -95,6 +95,8 @@ pub fn check_kv_append(gpu: &Gpu, rng: &mut Rng, tokens: usize) -> Result<CheckR
         precision: Precision::Fp8,
         max_positions: max_pos,
         routing_trace: None,
+        row_invariant: false,
+        ep: None,
     };
     let want = round(&cache_entries(&ctx, &to_f32(&kv), &to_f32(&w), &positions).map_err(merr)?);
     let got_rows: Vec<bf16> = slots
