@@ -334,3 +334,65 @@ fn checkpoint_without_a_tokenizer_runs_on_ids() {
         );
     }
 }
+
+/// `--world-size N` on the CPU backend: `generate`, `logits` and `bench` run as N in-process
+/// ranks and print what one process prints; a world that cannot hold the experts evenly says
+/// why.
+#[test]
+fn world_size_runs_generate_logits_and_bench_on_the_cpu() {
+    let gen = |n: &str| {
+        let out = dsv3(&[
+            "generate",
+            "--ids",
+            "5,6,7,8",
+            "--max-new-tokens",
+            "6",
+            "--precision",
+            "fp8",
+            "--world-size",
+            n,
+            "--json",
+        ]);
+        let v = stdout_json(&out);
+        assert!(v["backend"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("world of {n}")));
+        v["ids"].clone()
+    };
+    let one = gen("1");
+    assert_eq!(one.as_array().unwrap().len(), 6);
+    assert_eq!(gen("4"), one);
+    let logits = |extra: &[&str]| {
+        let mut args = vec!["logits", "--ids", "3,1,4,1,5"];
+        args.extend_from_slice(extra);
+        stdout_json(&dsv3(&args))["logits"].clone()
+    };
+    assert_eq!(
+        logits(&["--world-size", "2"]),
+        logits(&["--world-size", "8"])
+    );
+    let out = dsv3(&[
+        "bench",
+        "--world-size",
+        "2",
+        "--batch",
+        "3",
+        "--prompt-len",
+        "8",
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    let v = stdout_json(&out);
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["backend"].as_str().unwrap().contains("world of 2"));
+
+    let out = dsv3(&["generate", "--ids", "1,2", "--world-size", "3"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("16 experts cannot be split evenly over 3 ranks"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::load::{load_config, load_model, parse_ids, BUILTIN_NOTE};
 use super::{Command, ModelArgs, SamplingArgs};
-use crate::engine::{Backend, Engine, Generation, Request};
+use crate::engine::{Generation, Request};
 use crate::error::{ModelError, Result};
 use crate::speculative::{self, Drafter, SpecConfig};
 use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use crate::ModelConfig;
 
 /// Runs one command.
 pub fn run(command: Command) -> Result<()> {
@@ -134,8 +135,8 @@ fn sampling_params(s: &SamplingArgs) -> SamplingParams {
 }
 
 /// The ids that end generation: the config's EOS ids and the tokenizer's EOS.
-fn stop_ids<B: Backend>(engine: &Engine<B>, tok: Option<&Tokenizer>) -> Vec<u32> {
-    let mut ids = engine.config().eos_token_ids.clone();
+fn stop_ids(cfg: &ModelConfig, tok: Option<&Tokenizer>) -> Vec<u32> {
+    let mut ids = cfg.eos_token_ids.clone();
     if let Some(t) = tok {
         if !ids.contains(&t.eos_id()) {
             ids.push(t.eos_id());
@@ -230,13 +231,13 @@ fn generate(
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(prompt_ids.len() + s.max_new_tokens));
-    let (mut engine, tok) = loaded.into_engine(blocks)?;
+    let (mut engine, tok) = loaded.into_runner(blocks)?;
     let request = Request {
         prompt: prompt_ids.clone(),
         max_new_tokens: s.max_new_tokens,
         sampling: sampling_params(s),
         seed: s.seed,
-        stop_ids: stop_ids(&engine, tok.as_ref()),
+        stop_ids: stop_ids(engine.config(), tok.as_ref()),
     };
     let mut streamer = Streamer::new(tok.as_ref());
     let on_token = |_, id| {
@@ -279,7 +280,7 @@ fn generate(
             "prefill_s": stats.prefill_s,
             "decode_tokens_per_s": stats.decode_tokens_per_s(1),
             "stop": out.stop,
-            "backend": engine.backend().describe(),
+            "backend": engine.describe(),
         });
         if let Some((d, st)) = &mtp {
             value["mtp"] = speculative::stats_json(st, *d);
@@ -302,7 +303,7 @@ fn generate(
             out.stop,
             stats.prefill_s,
             stats.decode_tokens_per_s(1),
-            engine.backend().describe()
+            engine.describe()
         );
         if let Some((d, st)) = &mtp {
             eprintln!("{}", speculative::stats_line(st, *d));
@@ -328,9 +329,9 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(limit.min(8192)));
-    let (mut engine, tok) = loaded.into_engine(blocks)?;
+    let (mut engine, tok) = loaded.into_runner(blocks)?;
     let tok = require_tokenizer(tok.as_ref(), "chat")?.clone();
-    let stops = stop_ids(&engine, Some(&tok));
+    let stops = stop_ids(engine.config(), Some(&tok));
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     let stdin = std::io::stdin();
     eprintln!("chat: one line per turn, end with Ctrl-D");
@@ -365,7 +366,7 @@ fn logits(m: &ModelArgs, ids: &str, with_mtp: bool) -> Result<()> {
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(ids.len()));
-    let (mut engine, _) = loaded.into_engine(blocks)?;
+    let (mut engine, _) = loaded.into_runner(blocks)?;
     let vocab = engine.config().vocab_size;
     let (logits, mtp_logits) = if with_mtp {
         let (l, m) = engine.logits_with_mtp(&ids)?;
@@ -404,7 +405,7 @@ fn perplexity(m: &ModelArgs, file: &Path, context: Option<usize>) -> Result<()> 
             file.display()
         )));
     }
-    let (mut engine, _) = loaded.into_engine(KvCacheAllocator::blocks_for(window))?;
+    let (mut engine, _) = loaded.into_runner(KvCacheAllocator::blocks_for(window))?;
     let vocab = engine.config().vocab_size;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
@@ -429,7 +430,7 @@ fn perplexity(m: &ModelArgs, file: &Path, context: Option<usize>) -> Result<()> 
             "mean_nll": mean,
             "tokens": count,
             "window": window,
-            "backend": engine.backend().describe(),
+            "backend": engine.describe(),
         })
     );
     Ok(())
@@ -524,7 +525,7 @@ fn bench(
     let blocks = m
         .kv_blocks
         .unwrap_or_else(|| batch * KvCacheAllocator::blocks_for(prompt_len + steps + 1));
-    let (mut engine, _) = loaded.into_engine(blocks)?;
+    let (mut engine, _) = loaded.into_runner(blocks)?;
     let requests: Vec<Request> = (0..batch as u64)
         .map(|b| Request {
             prompt: (0..prompt_len as u64)
@@ -541,7 +542,7 @@ fn bench(
     let prefill = (batch * prompt_len) as f64 / st.prefill_s;
     let decode = st.decode_tokens_per_s(batch);
     let value = json!({
-        "backend": engine.backend().describe(),
+        "backend": engine.describe(),
         "prompt_len": prompt_len,
         "batch": batch,
         "decode_steps": steps,
@@ -556,7 +557,7 @@ fn bench(
         println!(
             "{}: prefill {prompt_len} x {batch}: {prefill:.1} tokens/s; decode {steps} steps x \
              {batch}: {decode:.1} tokens/s",
-            engine.backend().describe()
+            engine.describe()
         );
     }
     Ok(())

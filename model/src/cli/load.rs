@@ -13,7 +13,9 @@ use crate::tokenizer::Tokenizer;
 use crate::ModelConfig;
 
 use super::backend::AnyBackend;
+use super::runner::Runner;
 use super::ModelArgs;
+use crate::dist::{load_shards, CpuWorld, WorldOptions};
 
 /// `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,10 +26,14 @@ pub enum BackendChoice {
     Auto,
 }
 
-/// Loaded weights on the backend `--backend` resolved to.
+/// Loaded weights on the backend `--backend` resolved to (one per process: the variants' size
+/// difference does not matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LoadedWeights {
     Cpu(CpuModel),
+    /// The ranks' models of a `--world-size` world on the CPU.
+    World(Vec<CpuModel>),
     #[cfg(feature = "cuda")]
     Cuda(crate::cuda::CudaModel, &'static kernels::gpu::Gpu),
 }
@@ -36,6 +42,7 @@ impl LoadedWeights {
     pub fn config(&self) -> &ModelConfig {
         match self {
             LoadedWeights::Cpu(m) => m.config(),
+            LoadedWeights::World(ranks) => ranks[0].config(),
             #[cfg(feature = "cuda")]
             LoadedWeights::Cuda(m, _) => m.config(),
         }
@@ -52,10 +59,34 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// An engine with `kv_blocks` blocks of KV cache.
+    /// What the command drives: an engine, or the `--world-size` world, with `kv_blocks` blocks
+    /// of KV cache (on every rank).
+    pub fn into_runner(self, kv_blocks: usize) -> Result<(Runner, Option<Tokenizer>)> {
+        match self.model {
+            LoadedWeights::World(ranks) => {
+                let opts = WorldOptions::new(ranks.len(), ranks[0].precision(), kv_blocks);
+                Ok((
+                    Runner::World(CpuWorld::from_shards(ranks, &opts)?),
+                    self.tokenizer,
+                ))
+            }
+            _ => {
+                let (engine, tok) = self.into_engine(kv_blocks)?;
+                Ok((Runner::Single(Box::new(engine)), tok))
+            }
+        }
+    }
+
+    /// An engine with `kv_blocks` blocks of KV cache (not for a `--world-size` world).
     pub fn into_engine(self, kv_blocks: usize) -> Result<(Engine<AnyBackend>, Option<Tokenizer>)> {
         let backend = match self.model {
             LoadedWeights::Cpu(m) => AnyBackend::Cpu(CpuBackend::new(m, kv_blocks)?),
+            LoadedWeights::World(_) => {
+                return Err(ModelError::request(
+                    "this command runs one engine; --world-size works with generate, chat, \
+                     logits, perplexity and bench",
+                ))
+            }
             #[cfg(feature = "cuda")]
             LoadedWeights::Cuda(m, gpu) => {
                 AnyBackend::Cuda(crate::cuda::CudaBackend::new(m, gpu, kv_blocks)?)
@@ -159,7 +190,10 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
         }
     };
     let auto = args.backend == BackendChoice::Auto;
-    let model = load_weights(&ckpt, backend, auto, precision, quiet, &mut progress)?;
+    let model = match args.world_size {
+        Some(n) => LoadedWeights::World(load_world(&ckpt, args.backend, precision, n)?),
+        None => load_weights(&ckpt, backend, auto, precision, quiet, &mut progress)?,
+    };
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(&dir)?)
     } else {
@@ -170,6 +204,12 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
         let cfg = model.config();
         let on = match &model {
             LoadedWeights::Cpu(_) => format!("cpu {}", precision.as_str()),
+            LoadedWeights::World(ranks) => format!(
+                "cpu {}, a world of {} ranks with {} experts each",
+                precision.as_str(),
+                ranks.len(),
+                cfg.n_routed_experts / ranks.len()
+            ),
             #[cfg(feature = "cuda")]
             LoadedWeights::Cuda(_, gpu) => format!("cuda fp8 on {}", gpu.info().name),
         };
@@ -189,6 +229,26 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<LoadedModel> {
         tokenizer,
         source,
     })
+}
+
+/// The ranks' models of `--world-size n`: on the CPU backend (the in-process world; a world of
+/// GPU processes over NCCL is not wired to the CLI yet).
+fn load_world(
+    ckpt: &Checkpoint,
+    backend: BackendChoice,
+    precision: Precision,
+    n: usize,
+) -> Result<Vec<CpuModel>> {
+    if n == 0 {
+        return Err(ModelError::request("--world-size must be at least 1"));
+    }
+    if backend == BackendChoice::Cuda {
+        return Err(ModelError::request(
+            "--world-size runs on the CPU backend (N ranks in this process); the CUDA backend \
+             does not run a multi-GPU world yet. Use --backend cpu (or auto)",
+        ));
+    }
+    load_shards(ckpt, precision, n, &mut |_, _| {})
 }
 
 /// Loads the weights for the resolved backend (`Cpu` or `Cuda`). With `auto`, a checkpoint the

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod commands;
 pub mod load;
 pub mod mtp_cost;
+pub mod runner;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ pub struct ModelArgs {
     /// Scan every weight for NaN / Inf before running (reads the whole checkpoint once).
     #[arg(long)]
     pub check_weights: bool,
+    /// Run as a world of N ranks (data-parallel attention, expert-parallel MoE): on the CPU
+    /// backend N ranks in this process, each with its own requests, KV cache (--kv-blocks
+    /// each) and E/N of the routed experts. The results are the same for every N.
+    #[arg(long)]
+    pub world_size: Option<usize>,
 }
 
 /// Options of sampling.

@@ -89,7 +89,7 @@ pub fn bench_mtp_cost(m: &ModelArgs, synthetic: Option<&str>, args: &MtpCostArgs
 
 fn is_gpu(w: &LoadedWeights) -> bool {
     match w {
-        LoadedWeights::Cpu(_) => false,
+        LoadedWeights::Cpu(_) | LoadedWeights::World(_) => false,
         #[cfg(feature = "cuda")]
         LoadedWeights::Cuda(..) => true,
     }

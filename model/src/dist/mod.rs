@@ -28,4 +28,4 @@ pub mod world;
 
 pub use comm::{RankComm, StepKind};
 pub use rank::RankBackend;
-pub use world::{CpuWorld, WorldOptions};
+pub use world::{load_shards, placement, CpuWorld, WorldOptions};

@@ -56,6 +56,26 @@ pub fn placement(cfg: &ModelConfig, world_size: usize) -> Result<ExpertPlacement
     })
 }
 
+/// Every rank's model of a world of `world_size` ranks: rank `r` reads the replicated weights and
+/// its own experts only. `progress(ranks done, world_size)` reports as ranks load.
+pub fn load_shards(
+    ckpt: &Checkpoint,
+    precision: Precision,
+    world_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<CpuModel>> {
+    let placement = placement(ckpt.config(), world_size)?;
+    (0..world_size)
+        .map(|r| {
+            let experts = placement.local_experts(r);
+            let model = CpuModel::load_shard(ckpt, precision, experts, &mut |_, _| {})
+                .map_err(|e| e.on_rank(r))?;
+            progress(r + 1, world_size);
+            Ok(model)
+        })
+        .collect()
+}
+
 /// N ranks in one process.
 pub struct CpuWorld {
     ranks: Vec<Engine<RankBackend>>,
@@ -75,16 +95,27 @@ impl CpuWorld {
     /// Loads every rank's shard of `ckpt`: the replicated weights and its `E / N` experts of
     /// every MoE layer (MTP included).
     pub fn load(ckpt: &Checkpoint, opts: &WorldOptions) -> Result<Self> {
-        let placement = placement(ckpt.config(), opts.world_size)?;
-        let mut ranks = Vec::with_capacity(opts.world_size);
-        for r in 0..opts.world_size {
-            let experts = placement.local_experts(r);
-            let model = CpuModel::load_shard(ckpt, opts.precision, experts, &mut |_, _| {})
-                .map_err(|e| e.on_rank(r))?;
+        let shards = load_shards(ckpt, opts.precision, opts.world_size, &mut |_, _| {})?;
+        Self::from_shards(shards, opts)
+    }
+
+    /// A world of the ranks' models (`shards[r]` holds rank `r`'s experts, as
+    /// [`load_shards`] makes them), each with `opts.kv_blocks_per_rank` KV blocks.
+    pub fn from_shards(shards: Vec<CpuModel>, opts: &WorldOptions) -> Result<Self> {
+        let n = shards.len();
+        if n != opts.world_size {
+            return Err(ModelError::request(format!(
+                "{n} rank models for a world of {}",
+                opts.world_size
+            )));
+        }
+        let placement = placement(shards[0].config(), n)?;
+        let mut ranks = Vec::with_capacity(n);
+        for (r, model) in shards.into_iter().enumerate() {
             let comm = Arc::new(RankComm::new(r, placement));
             let backend =
                 RankBackend::new(model, comm, opts.kv_blocks_per_rank).map_err(|e| e.on_rank(r))?;
-            ranks.push(Engine::new(backend)?);
+            ranks.push(Engine::new(backend).map_err(|e| e.on_rank(r))?);
         }
         Ok(CpuWorld {
             ranks,
