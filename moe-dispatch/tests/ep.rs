@@ -944,28 +944,7 @@ fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 }
 
 #[test]
-fn world_env() {
-    let w = WorldEnv::from_lookup(lookup(&[])).unwrap();
-    assert_eq!((w.rank, w.world_size, w.local_rank), (0, 1, 0));
-    let w = WorldEnv::from_lookup(lookup(&[
-        ("RANK", "5"),
-        ("WORLD_SIZE", "8"),
-        ("LOCAL_RANK", "1"),
-    ]))
-    .unwrap();
-    assert_eq!((w.rank, w.world_size, w.local_rank), (5, 8, 1));
-    let w = WorldEnv::from_lookup(lookup(&[("RANK", "3"), ("WORLD_SIZE", "4")])).unwrap();
-    assert_eq!(w.local_rank, 3);
-    for bad in [
-        vec![("RANK", "4"), ("WORLD_SIZE", "4")],
-        vec![("WORLD_SIZE", "2")],
-        vec![("RANK", "1")],
-        vec![("RANK", "x"), ("WORLD_SIZE", "2")],
-        vec![("RANK", "0"), ("WORLD_SIZE", "0")],
-    ] {
-        let e = WorldEnv::from_lookup(lookup(&bad)).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }), "{bad:?}: {e}");
-    }
+fn id_exchange_from_env() {
     assert_eq!(
         IdExchange::from_lookup(1, lookup(&[])).unwrap(),
         IdExchange::Local

@@ -65,21 +65,7 @@ impl IdExchange {
     }
 
     pub fn from_lookup(world_size: usize, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let timeout = match lookup("DSV3_NCCL_ID_TIMEOUT_S") {
-            None => DEFAULT_ID_TIMEOUT,
-            Some(v) => Duration::from_secs_f64(
-                v.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            OP,
-                            format!("DSV3_NCCL_ID_TIMEOUT_S={v:?} is not a positive number"),
-                        )
-                    })?,
-            ),
-        };
+        let timeout = env::parse_timeout(&lookup)?;
         if let Some(path) = lookup("DSV3_NCCL_ID_FILE").filter(|p| !p.is_empty()) {
             return Ok(IdExchange::File {
                 path: path.into(),
@@ -153,3 +139,6 @@ impl IdExchange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
