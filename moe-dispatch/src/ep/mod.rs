@@ -22,7 +22,7 @@ pub mod transport;
 #[cfg(all(feature = "cuda", not(feature = "emulate")))]
 pub mod nccl;
 
-pub use bootstrap::{IdExchange, WorldEnv};
+pub use bootstrap::{IdExchange, RunId, TcpVia, WorldEnv};
 pub use dispatch::{
     ep_combine, ep_dispatch, EpConfig, EpDispatch, EpTokens, ExpertInputs, RecvPair, WireRow,
 };

@@ -153,7 +153,7 @@ impl NcclTransport {
                 ),
             ));
         }
-        let exchange = IdExchange::from_env(env.world_size)?;
+        let exchange = IdExchange::from_env(&env)?;
         nccl_available()?;
         let id = exchange.share(env.rank, env.world_size, Self::unique_id)?;
         let t = Self::new(gpu.stream().clone(), env.rank, env.world_size, id)?;

@@ -113,6 +113,11 @@ impl WorldEnv {
             local_rank: local_rank.unwrap_or(rank),
         })
     }
+
+    /// `"rank R of W"`, the prefix of this module's errors.
+    pub(super) fn who(&self) -> String {
+        format!("rank {} of {}", self.rank, self.world_size)
+    }
 }
 
 /// The detail of an [`Error::InvalidArgument`] (to re-wrap it with more context).

@@ -1,76 +1,109 @@
-//! The id exchange through a file (`DSV3_NCCL_ID_FILE`).
+//! The id exchange through a file (`DSV3_NCCL_ID_FILE`): rank 0 writes the id record, the
+//! other ranks poll for a record of their run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kernels::error::{Error, Result};
 
-use super::wire::{decode, encode};
-use super::{IdBytes, OP, POLL};
+use super::wire::{decode_record, encode_record, judge, Decoded, Verdict};
+use super::{IdBytes, Member, OP, POLL};
 
-/// Rank 0: writes the id file atomically (a temporary file in the same directory, then rename),
-/// replacing any old one.
-pub fn publish_id_file(path: &Path, id: &IdBytes, world_size: usize) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| {
-        Error::invalid(
-            OP,
-            format!("rank 0: {what} NCCL id file {}: {e}", path.display()),
-        )
-    };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot remove the old", e)),
-    }
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over `path`, so a reader sees the whole record or nothing.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create the temporary", e))?;
-    f.write_all(&encode(id, world_size))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("cannot write the temporary", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io("cannot rename into place the", e))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
-/// Ranks > 0: polls for the id file until it holds an id for this world or `timeout` passes. A
-/// file that is not one (left by another run, of another world size) is waited over: rank 0
-/// replaces it; the timeout error says what was found.
-pub fn wait_id_file(
-    path: &Path,
-    rank: usize,
-    world_size: usize,
-    timeout: Duration,
-) -> Result<IdBytes> {
+/// Removes `path`; a file that is not there is fine.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Rank 0: replaces any old id file with this run's record.
+pub(super) fn publish(path: &Path, id: &IdBytes, me: &Member<'_>) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::invalid(
+            OP,
+            format!("{}: {what} NCCL id file {}: {e}", me.who(), path.display()),
+        )
+    };
+    remove_if_present(path).map_err(|e| io("cannot remove the old", e))?;
+    let record = encode_record(id, me.world_size, me.run.map(|r| r.as_str()));
+    write_atomically(path, &record).map_err(|e| io("cannot write the", e))
+}
+
+/// Ranks > 0: polls for the id file until it holds this run's id or the timeout passes. A file
+/// of another run (or of no known format) is never used: rank 0 of this run replaces it, so
+/// keep waiting; the timeout error says what was seen and names the file. A file of this run
+/// for a world of another size is an error at once.
+pub(super) fn wait(path: &Path, me: &Member<'_>) -> Result<IdBytes> {
     let start = Instant::now();
-    let mut seen = String::from("the file does not exist");
+    let mut seen = String::from("the file never appeared");
     loop {
         match std::fs::read(path) {
-            Ok(bytes) => match decode(&bytes, world_size) {
-                Ok(Some(id)) => return Ok(id),
-                Ok(None) => seen = format!("the file is incomplete ({} bytes)", bytes.len()),
-                Err(why) => seen = format!("the file {why}"),
+            Ok(bytes) => match decode_record(&bytes) {
+                Decoded::Ok(rec) => match judge(&rec, me) {
+                    Verdict::Use(id) => return Ok(id),
+                    Verdict::Stale(what) => {
+                        seen = format!("it saw a stale file {what} and did not use it")
+                    }
+                    Verdict::WrongWorld(why) => {
+                        return Err(Error::invalid(
+                            OP,
+                            format!(
+                                "rank {}: {why} (NCCL id file {}, run id {})",
+                                me.rank,
+                                path.display(),
+                                super::run::show(me.run.map(|r| r.as_str()))
+                            ),
+                        ))
+                    }
+                },
+                Decoded::Incomplete => {
+                    seen = format!("the file was incomplete ({} bytes)", bytes.len())
+                }
+                Decoded::Foreign(why) => seen = format!("the file {why}"),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(Error::invalid(
                     OP,
                     format!(
-                        "rank {rank}: cannot read the NCCL id file {}: {e}",
+                        "{}: cannot read the NCCL id file {}: {e}",
+                        me.who(),
                         path.display()
                     ),
                 ))
             }
         }
-        if start.elapsed() >= timeout {
+        if start.elapsed() >= me.timeout {
             return Err(Error::invalid(
                 OP,
                 format!(
-                    "rank {rank}: waited {timeout:?} for the NCCL id file {} \
-                     (DSV3_NCCL_ID_FILE), which rank 0 writes; {seen}. Is rank 0 running and is \
-                     the path shared by all ranks?",
-                    path.display()
+                    "{}: waited {:?} for the NCCL id file {} (DSV3_NCCL_ID_FILE), which rank 0 \
+                     writes; {seen}. Is rank 0 running, with the same DSV3_NCCL_ID_FILE{}?",
+                    me.who(),
+                    me.timeout,
+                    path.display(),
+                    me.run_hint()
                 ),
             ));
         }

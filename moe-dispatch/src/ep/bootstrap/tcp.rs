@@ -1,151 +1,393 @@
-//! The id exchange over TCP (`DSV3_NCCL_ID_ADDR`).
+//! The id exchange over TCP (`DSV3_NCCL_ID_ADDR`, or `MASTER_ADDR` / `MASTER_PORT`): rank 0
+//! answers one request from each other rank, then stops listening.
+//!
+//! Every wait is bounded by the exchange's timeout: rank 0's accept loop, each connection's
+//! reads and writes (capped further at [`CONNECTION_IO`] so one silent client cannot hold rank 0
+//! for the whole timeout), and the other ranks' connect-and-retry loop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use kernels::error::{Error, Result};
 
-use super::wire::{decode, encode, ENCODED_LEN, MAGIC};
-use super::{IdBytes, OP, POLL};
+use super::run::show;
+use super::wire::{
+    decode_reply, encode_record, encode_refusal, encode_request, judge, read_request, Decoded,
+    Reply, Verdict,
+};
+use super::{IdBytes, Member, TcpVia, OP, POLL};
 
-/// Rank 0: answers one request from each of ranks `1..world_size` on `listener`, then returns.
-/// A request is `MAGIC, rank (u64), world_size (u64)`; the answer is the encoded id.
-pub fn serve_id_tcp(
+/// Longest read or write on one connection (a request and an answer are a few hundred bytes).
+const CONNECTION_IO: Duration = Duration::from_secs(5);
+
+/// How long the other ranks pause between attempts to reach rank 0.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// `host:port` split at the last colon, brackets of an IPv6 literal removed; `None` when the port
+/// is missing, not a number, or 0.
+pub(super) fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Where rank 0 listens. `DSV3_NCCL_ID_ADDR`: that very address (typically loopback). `MASTER_ADDR`:
+/// every interface, on `MASTER_PORT`, as torch's own store does: `MASTER_ADDR` is how the
+/// *other* nodes reach rank 0's node, which is not always an address rank 0 can bind (a hostname
+/// that maps to 127.0.1.1 locally, an address behind NAT), and binding it would leave the others
+/// knocking on a closed port until they time out.
+pub(super) fn listen_addr(addr: &str, via: TcpVia) -> String {
+    match (via, split_host_port(addr)) {
+        (TcpVia::Master, Some((host, port))) => {
+            if host.parse::<Ipv6Addr>().is_ok() {
+                format!("[::]:{port}")
+            } else {
+                format!("0.0.0.0:{port}")
+            }
+        }
+        _ => addr.to_string(),
+    }
+}
+
+/// Rank 0: binds the listening socket (before making the id, so a port in use fails at once).
+pub(super) fn listen(addr: &str, via: TcpVia, me: &Member<'_>) -> Result<TcpListener> {
+    let at = listen_addr(addr, via);
+    TcpListener::bind(at.as_str()).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            match via {
+                TcpVia::Master => {
+                    " (another process holds the port: a rank 0 of an earlier run still alive, or \
+                     torchrun's own rendezvous store on MASTER_PORT; set DSV3_NCCL_ID_ADDR to \
+                     MASTER_ADDR:<a free port> for all ranks)"
+                }
+                TcpVia::IdAddr => {
+                    " (another process holds the port, maybe a rank 0 of an earlier run still \
+                     alive; pick another port for all ranks)"
+                }
+            }
+        } else {
+            ""
+        };
+        Error::invalid(
+            OP,
+            format!(
+                "{}: cannot serve the NCCL id on {at} ({}): {e}{hint}",
+                me.who(),
+                via.vars()
+            ),
+        )
+    })
+}
+
+/// What became of one connection to rank 0.
+enum Handled {
+    /// Rank `r` got the id.
+    Served(usize),
+    /// Nobody served; a note for the timeout error.
+    Ignored(String),
+}
+
+/// Rank 0: answers one request from each of ranks `1..world_size` on `listener`, then returns;
+/// fails when the timeout passes first, naming the ranks that never came.
+pub(super) fn serve(
     listener: &TcpListener,
     id: &IdBytes,
-    world_size: usize,
-    timeout: Duration,
+    me: &Member<'_>,
+    via: TcpVia,
 ) -> Result<()> {
-    let addr = listener
+    let at = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let io = |what: String, e: std::io::Error| {
+    let fail = |what: String| {
         Error::invalid(
             OP,
-            format!("rank 0 (serving the NCCL id on {addr}): {what}: {e}"),
+            format!(
+                "{} (serving the NCCL id on {at}, {}): {what}",
+                me.who(),
+                via.vars()
+            ),
         )
     };
     listener
         .set_nonblocking(true)
-        .map_err(|e| io("set_nonblocking".into(), e))?;
-    let reply = encode(id, world_size);
-    let mut served = vec![false; world_size];
+        .map_err(|e| fail(format!("set_nonblocking: {e}")))?;
+    let record = encode_record(id, me.world_size, me.run.map(|r| r.as_str()));
+    let deadline = Instant::now() + me.timeout;
+    let mut served = vec![false; me.world_size];
     served[0] = true;
-    let start = Instant::now();
-    while served.iter().any(|s| !s) {
+    let mut notes: Vec<String> = Vec::new();
+    while served.contains(&false) {
         match listener.accept() {
-            Ok((mut stream, peer)) => {
-                stream
-                    .set_nonblocking(false)
-                    .and_then(|()| stream.set_read_timeout(Some(timeout)))
-                    .and_then(|()| stream.set_write_timeout(Some(timeout)))
-                    .map_err(|e| io(format!("configuring the connection from {peer}"), e))?;
-                let mut req = [0u8; 24];
-                if stream.read_exact(&mut req).is_err() || &req[..8] != MAGIC {
-                    // Not one of ours (a port scanner, a stale client): ignore it.
-                    continue;
+            Ok((stream, peer)) => match handle(stream, peer, &record, me, deadline)? {
+                Handled::Served(r) => served[r] = true,
+                Handled::Ignored(note) => {
+                    // Bounded: a flood of bad connections must not grow the message forever.
+                    if notes.len() < 8 {
+                        notes.push(note);
+                    }
                 }
-                let r = u64::from_le_bytes(req[8..16].try_into().expect("8 bytes"));
-                let w = u64::from_le_bytes(req[16..24].try_into().expect("8 bytes"));
-                if w != world_size as u64 {
-                    return Err(Error::invalid(
-                        OP,
-                        format!(
-                            "rank 0: rank {r} connected from {peer} with WORLD_SIZE={w}, this \
-                             rank has {world_size}"
-                        ),
-                    ));
-                }
-                let r = r as usize;
-                if r == 0 || r >= world_size {
-                    return Err(Error::invalid(
-                        OP,
-                        format!("rank 0: a client from {peer} claims rank {r} of {world_size}"),
-                    ));
-                }
-                stream
-                    .write_all(&reply)
-                    .map_err(|e| io(format!("sending the id to rank {r}"), e))?;
-                served[r] = true;
-            }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() >= timeout {
-                    let missing: Vec<usize> = (0..world_size).filter(|&r| !served[r]).collect();
-                    return Err(Error::invalid(
-                        OP,
-                        format!(
-                            "rank 0: waited {timeout:?} on {addr} for ranks {missing:?} to fetch \
-                             the NCCL id (DSV3_NCCL_ID_ADDR); are they running?"
-                        ),
-                    ));
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(timeout_error(&served, &notes, me, &at, via));
                 }
-                std::thread::sleep(POLL);
+                std::thread::sleep(POLL.min(deadline - now));
             }
-            Err(e) => return Err(io("accept".into(), e)),
+            // A client that gave up between connecting and our accept: not an error here.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(fail(format!("accept: {e}"))),
         }
     }
     Ok(())
 }
 
-/// Ranks > 0: fetches the id from rank 0 at `addr`, retrying until rank 0 listens or `timeout`
-/// passes.
-pub fn fetch_id_tcp(
-    addr: &str,
-    rank: usize,
-    world_size: usize,
-    timeout: Duration,
-) -> Result<IdBytes> {
-    let start = Instant::now();
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(MAGIC);
-    req.extend_from_slice(&(rank as u64).to_le_bytes());
-    req.extend_from_slice(&(world_size as u64).to_le_bytes());
-    let source = || format!("the NCCL id served by rank 0 on {addr}");
-    let mut last_err = String::from("no attempt");
-    while start.elapsed() < timeout {
-        let addrs: Vec<SocketAddr> = match addr.to_socket_addrs() {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                return Err(Error::invalid(
-                    OP,
-                    format!("rank {rank}: DSV3_NCCL_ID_ADDR={addr:?} is not host:port: {e}"),
-                ))
-            }
-        };
-        for a in &addrs {
-            let attempt = (|| -> std::io::Result<Vec<u8>> {
-                let mut s = TcpStream::connect_timeout(a, Duration::from_secs(1))?;
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))?;
-                s.write_all(&req)?;
-                let mut buf = Vec::with_capacity(ENCODED_LEN);
-                s.read_to_end(&mut buf)?;
-                Ok(buf)
-            })();
-            match attempt {
-                Ok(bytes) => match decode(&bytes, world_size) {
-                    Ok(Some(id)) => return Ok(id),
-                    Ok(None) => last_err = format!("short reply of {} bytes", bytes.len()),
-                    Err(why) => {
-                        return Err(Error::invalid(
-                            OP,
-                            format!("rank {rank}: the reply from {addr} {why}"),
-                        ))
-                    }
-                },
-                Err(e) => last_err = e.to_string(),
-            }
-        }
-        std::thread::sleep(POLL * 5);
+/// "rank 3" / "ranks 2, 3".
+fn rank_list(ranks: &[usize]) -> String {
+    let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+    match ranks.len() {
+        1 => format!("rank {}", list[0]),
+        _ => format!("ranks {}", list.join(", ")),
     }
-    Err(Error::invalid(
+}
+
+fn timeout_error(
+    served: &[bool],
+    notes: &[String],
+    me: &Member<'_>,
+    at: &str,
+    via: TcpVia,
+) -> Error {
+    let (came, missing): (Vec<usize>, Vec<usize>) = (1..served.len()).partition(|&r| served[r]);
+    let came = if came.is_empty() {
+        "no other rank did".to_string()
+    } else {
+        format!("{} did", rank_list(&came))
+    };
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" Also seen: {}.", notes.join("; "))
+    };
+    Error::invalid(
         OP,
         format!(
-            "rank {rank}: could not get {} within {timeout:?} (last error: {last_err}); is rank \
-             0 running?",
-            source()
+            "{}: waited {:?} on {at} ({}) for {} to fetch the NCCL id, which never came ({came}). \
+             Is it running, pointed at this address, with the same WORLD_SIZE{}?{notes}",
+            me.who(),
+            me.timeout,
+            via.vars(),
+            rank_list(&missing),
+            me.run_hint()
         ),
-    ))
+    )
+}
+
+/// One connection: read the request, judge it, answer with the id or a refusal.
+fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    record: &[u8],
+    me: &Member<'_>,
+    deadline: Instant,
+) -> Result<Handled> {
+    use std::io::Write;
+    let io = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(1), CONNECTION_IO);
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(io)))
+        .and_then(|()| stream.set_write_timeout(Some(io)));
+    if let Err(e) = setup {
+        return Ok(Handled::Ignored(format!(
+            "could not set up the connection from {peer}: {e}"
+        )));
+    }
+    let req = match read_request(&mut stream) {
+        Ok(Some(req)) => req,
+        Ok(None) => {
+            return Ok(Handled::Ignored(format!(
+                "a connection from {peer} that does not speak this protocol"
+            )))
+        }
+        Err(e) => {
+            return Ok(Handled::Ignored(format!(
+                "a connection from {peer} sent no complete request ({e})"
+            )))
+        }
+    };
+    let mine = me.run.map(|r| r.as_str());
+    let mut refuse = |reason: String| {
+        // The refused rank reports it; a failure to tell it is not rank 0's problem.
+        let _ = stream.write_all(&encode_refusal(&reason));
+        reason
+    };
+    if req.run.as_deref() != mine {
+        let why = refuse(format!(
+            "rank 0 serves another run (its run id is {}; this rank's run id is {}): a rank left \
+             from an earlier launch, or the ranks were given different DSV3_RUN_ID",
+            show(mine),
+            show(req.run.as_deref())
+        ));
+        return Ok(Handled::Ignored(format!(
+            "refused rank {} from {peer}: {why}",
+            req.rank
+        )));
+    }
+    if req.world_size != me.world_size as u64 {
+        let why = refuse(format!(
+            "WORLD_SIZE={} but rank 0 started a world of {}",
+            req.world_size, me.world_size
+        ));
+        if mine.is_some() {
+            // Same run, different sizes: the world can never form; say so now.
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{}: rank {} (connecting from {peer}) has WORLD_SIZE={}, this world is {}; \
+                     the ranks disagree on WORLD_SIZE",
+                    me.who(),
+                    req.rank,
+                    req.world_size,
+                    me.world_size
+                ),
+            ));
+        }
+        // Without run ids it may be a rank of another run: noted, and rank 0 goes on waiting.
+        return Ok(Handled::Ignored(format!(
+            "refused rank {} from {peer}: {why}",
+            req.rank
+        )));
+    }
+    let r = match usize::try_from(req.rank) {
+        Ok(r) if r > 0 && r < me.world_size => r,
+        _ => {
+            let why = refuse(format!(
+                "rank 0 of a world of {} serves ranks 1..{}, not rank {}",
+                me.world_size,
+                me.world_size - 1,
+                req.rank
+            ));
+            return Ok(Handled::Ignored(format!(
+                "refused a client from {peer}: {why}"
+            )));
+        }
+    };
+    match stream.write_all(record) {
+        Ok(()) => Ok(Handled::Served(r)),
+        // It will retry (its own deadline allows) or time out saying so.
+        Err(e) => Ok(Handled::Ignored(format!(
+            "could not send the id to rank {r} at {peer}: {e}"
+        ))),
+    }
+}
+
+/// Ranks > 0: fetches the id from rank 0 at `addr`, retrying until rank 0 answers or the
+/// timeout passes.
+pub(super) fn fetch(addr: &str, me: &Member<'_>, via: TcpVia) -> Result<IdBytes> {
+    let deadline = Instant::now() + me.timeout;
+    let request = encode_request(me.rank, me.world_size, me.run.map(|r| r.as_str()));
+    let from = || format!("rank 0 at {addr} ({})", via.vars());
+    let mut last_err = String::from("no attempt finished");
+    loop {
+        match addr.to_socket_addrs() {
+            // Retried: a cluster's DNS may lag behind the job's start.
+            Err(e) => last_err = format!("cannot resolve {addr}: {e}"),
+            Ok(addrs) => {
+                for a in addrs {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let bytes = match attempt(&a, &request, left) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            last_err = format!("{a}: {e}");
+                            continue;
+                        }
+                    };
+                    match decode_reply(&bytes) {
+                        Decoded::Ok(Reply::Id(rec)) => match judge(&rec, me) {
+                            Verdict::Use(id) => return Ok(id),
+                            Verdict::WrongWorld(why) => {
+                                return Err(Error::invalid(
+                                    OP,
+                                    format!(
+                                        "rank {}: {why} (the NCCL id from {}, run id {})",
+                                        me.rank,
+                                        from(),
+                                        show(me.run.map(|r| r.as_str()))
+                                    ),
+                                ))
+                            }
+                            // Never used; the right rank 0 may still come.
+                            Verdict::Stale(what) => {
+                                last_err = format!("{a} answered with a stale id {what}")
+                            }
+                        },
+                        Decoded::Ok(Reply::Refused(why)) => {
+                            return Err(Error::invalid(
+                                OP,
+                                format!("rank {}: {why} (refused by {})", me.rank, from()),
+                            ))
+                        }
+                        Decoded::Incomplete => {
+                            last_err = format!("{a} sent a short answer ({} bytes)", bytes.len())
+                        }
+                        Decoded::Foreign(why) => {
+                            return Err(Error::invalid(
+                                OP,
+                                format!(
+                                    "{}: the answer from {addr} ({a}) {why}; is another program \
+                                     listening on {}?",
+                                    me.who(),
+                                    via.vars()
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{}: waited {:?} for the NCCL id from {} (last error: {last_err}). Is rank 0 \
+                     running{}?",
+                    me.who(),
+                    me.timeout,
+                    from(),
+                    me.run_hint()
+                ),
+            ));
+        }
+        std::thread::sleep(RETRY.min(left));
+    }
+}
+
+/// One request to rank 0, every step bounded by `left`.
+fn attempt(a: &SocketAddr, request: &[u8], left: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let left = left.max(Duration::from_millis(1));
+    let mut s = TcpStream::connect_timeout(a, left.min(Duration::from_secs(1)))?;
+    s.set_read_timeout(Some(left))?;
+    s.set_write_timeout(Some(left))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    Ok(buf)
 }
