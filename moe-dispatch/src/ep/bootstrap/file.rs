@@ -1,5 +1,12 @@
 //! The id exchange through a file (`DSV3_NCCL_ID_FILE`): rank 0 writes the id record, the
-//! other ranks poll for a record of their run.
+//! other ranks poll for a record of their run and confirm with an acknowledgement file
+//! (`<id file>.ack-<rank>`) that rank 0 waits for.
+//!
+//! Why the acknowledgements: without them rank 0 cannot tell that a rank never came (it would
+//! go on into `ncclCommInitRank` and wait there for ever), and cannot know when the id file may
+//! go. With them rank 0 names the missing ranks when its timeout passes, and removes the id file
+//! and the acknowledgements as soon as everyone has the id, before NCCL starts: a file outlives
+//! its run only when rank 0 itself dies during the exchange (the run id covers that case).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,8 +14,16 @@ use std::time::Instant;
 
 use kernels::error::{Error, Result};
 
-use super::wire::{decode_record, encode_record, judge, Decoded, Verdict};
-use super::{IdBytes, Member, OP, POLL};
+use super::run::show;
+use super::wire::{decode_ack, decode_record, encode_ack, encode_record, judge, Decoded, Verdict};
+use super::{rank_list, IdBytes, Member, OP, POLL};
+
+/// Where rank `rank` acknowledges having read the id file at `path`.
+pub(super) fn ack_path(path: &Path, rank: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".ack-{rank}"));
+    PathBuf::from(p)
+}
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over `path`, so a reader sees the whole record or nothing.
@@ -37,7 +52,7 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Rank 0: replaces any old id file with this run's record.
+/// Rank 0: replaces any old id file (and old acknowledgements) with this run's record.
 pub(super) fn publish(path: &Path, id: &IdBytes, me: &Member<'_>) -> Result<()> {
     let io = |what: &str, e: std::io::Error| {
         Error::invalid(
@@ -45,6 +60,10 @@ pub(super) fn publish(path: &Path, id: &IdBytes, me: &Member<'_>) -> Result<()> 
             format!("{}: {what} NCCL id file {}: {e}", me.who(), path.display()),
         )
     };
+    for r in 1..me.world_size {
+        remove_if_present(&ack_path(path, r))
+            .map_err(|e| io("cannot remove an old acknowledgement of the", e))?;
+    }
     remove_if_present(path).map_err(|e| io("cannot remove the old", e))?;
     let record = encode_record(id, me.world_size, me.run.map(|r| r.as_str()));
     write_atomically(path, &record).map_err(|e| io("cannot write the", e))
@@ -61,7 +80,7 @@ pub(super) fn wait(path: &Path, me: &Member<'_>) -> Result<IdBytes> {
         match std::fs::read(path) {
             Ok(bytes) => match decode_record(&bytes) {
                 Decoded::Ok(rec) => match judge(&rec, me) {
-                    Verdict::Use(id) => return Ok(id),
+                    Verdict::Use(id) => return acknowledge(path, me).map(|()| id),
                     Verdict::Stale(what) => {
                         seen = format!("it saw a stale file {what} and did not use it")
                     }
@@ -103,6 +122,113 @@ pub(super) fn wait(path: &Path, me: &Member<'_>) -> Result<IdBytes> {
                     me.who(),
                     me.timeout,
                     path.display(),
+                    me.run_hint()
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Ranks > 0: tells rank 0 this rank has the id.
+fn acknowledge(path: &Path, me: &Member<'_>) -> Result<()> {
+    let ack = ack_path(path, me.rank);
+    write_atomically(&ack, &encode_ack(me.rank, me.run.map(|r| r.as_str()))).map_err(|e| {
+        Error::invalid(
+            OP,
+            format!(
+                "{}: read the NCCL id file but cannot confirm it to rank 0: writing {}: {e} (the \
+                 ranks need write access to the id file's directory)",
+                me.who(),
+                ack.display()
+            ),
+        )
+    })
+}
+
+/// Rank 0, after [`publish`]: waits until every other rank has acknowledged the id, or the
+/// timeout passes (an error naming the ranks that never did). Either way the id file and the
+/// acknowledgements are removed before returning.
+pub(super) fn await_acks(path: &Path, me: &Member<'_>) -> Result<()> {
+    let result = poll_acks(path, me);
+    for r in 1..me.world_size {
+        let _ = std::fs::remove_file(ack_path(path, r));
+    }
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+fn poll_acks(path: &Path, me: &Member<'_>) -> Result<()> {
+    let start = Instant::now();
+    let mine = me.run.map(|r| r.as_str());
+    let mut acked = vec![false; me.world_size];
+    acked[0] = true;
+    let mut notes: Vec<String> = Vec::new();
+    loop {
+        for (r, done) in acked.iter_mut().enumerate().skip(1) {
+            if *done {
+                continue;
+            }
+            let ack = ack_path(path, r);
+            let bytes = match std::fs::read(&ack) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("{}: cannot read {}: {e}", me.who(), ack.display()),
+                    ))
+                }
+            };
+            match decode_ack(&bytes) {
+                Decoded::Ok((rank, run)) if rank == r as u64 && run.as_deref() == mine => {
+                    *done = true
+                }
+                // Written by another run after `publish` cleaned up, or by a confused peer.
+                Decoded::Ok((rank, run)) => {
+                    let note = if run.as_deref() == mine {
+                        format!("{} claims rank {rank}", ack.display())
+                    } else {
+                        format!(
+                            "{} is from another run (run id {})",
+                            ack.display(),
+                            show(run.as_deref())
+                        )
+                    };
+                    if notes.len() < 8 && !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                }
+                Decoded::Incomplete | Decoded::Foreign(_) => {}
+            }
+        }
+        if !acked.contains(&false) {
+            return Ok(());
+        }
+        if start.elapsed() >= me.timeout {
+            let (came, missing): (Vec<usize>, Vec<usize>) =
+                (1..me.world_size).partition(|&r| acked[r]);
+            let came = if came.is_empty() {
+                "no other rank did".to_string()
+            } else {
+                format!("{} did", rank_list(&came))
+            };
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" Also seen: {}.", notes.join("; "))
+            };
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{}: waited {:?} for {} to read the NCCL id file {} (DSV3_NCCL_ID_FILE; each \
+                     rank confirms with {}), which never happened ({came}). Is it running, with \
+                     the same DSV3_NCCL_ID_FILE and WORLD_SIZE{}?{notes}",
+                    me.who(),
+                    me.timeout,
+                    rank_list(&missing),
+                    path.display(),
+                    ack_path(path, missing.first().copied().unwrap_or(1)).display(),
                     me.run_hint()
                 ),
             ));

@@ -143,6 +143,15 @@ impl<'a> Member<'a> {
     }
 }
 
+/// "rank 3" / "ranks 2, 3".
+pub(super) fn rank_list(ranks: &[usize]) -> String {
+    let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+    match ranks.len() {
+        1 => format!("rank {}", list[0]),
+        _ => format!("ranks {}", list.join(", ")),
+    }
+}
+
 /// `MASTER_ADDR` and `MASTER_PORT` as one `host:port` (an IPv6 literal bracketed).
 fn master_addr(world: &WorldEnv, host: &str, port: &str) -> Result<String> {
     let bad_port = || {
@@ -268,6 +277,7 @@ impl IdExchange {
                 if rank == 0 {
                     let id = make_id()?;
                     file::publish(path, &id, &me)?;
+                    file::await_acks(path, &me)?;
                     Ok(id)
                 } else {
                     file::wait(path, &me)
@@ -290,15 +300,6 @@ impl IdExchange {
                     tcp::fetch(addr, &me, *via)
                 }
             }
-        }
-    }
-
-    /// After the communicator is initialized on every rank (rank 0's initialization returning
-    /// proves all ranks joined, hence read the id): rank 0 removes the id file. Errors are
-    /// ignored (the file may already be gone).
-    pub fn finish(&self, rank: usize) {
-        if let (IdExchange::File { path, .. }, 0) = (self, rank) {
-            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -15,7 +15,7 @@ use super::wire::{
     decode_reply, encode_record, encode_refusal, encode_request, judge, read_request, Decoded,
     Reply, Verdict,
 };
-use super::{IdBytes, Member, TcpVia, OP, POLL};
+use super::{rank_list, IdBytes, Member, TcpVia, OP, POLL};
 
 /// Longest read or write on one connection (a request and an answer are a few hundred bytes).
 const CONNECTION_IO: Duration = Duration::from_secs(5);
@@ -151,15 +151,6 @@ pub(super) fn serve(
         }
     }
     Ok(())
-}
-
-/// "rank 3" / "ranks 2, 3".
-fn rank_list(ranks: &[usize]) -> String {
-    let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
-    match ranks.len() {
-        1 => format!("rank {}", list[0]),
-        _ => format!("ranks {}", list.join(", ")),
-    }
 }
 
 fn timeout_error(

@@ -501,8 +501,11 @@ fn file_exchange_shares_one_id() {
     let ex = file_ex(&path, "r1", LONG);
     let ids = ranks(4, |r| ex.share(r, 4, late_id(1)).unwrap());
     assert!(ids.iter().all(|id| *id == fake_id(1)));
-    ex.finish(0);
+    // Everyone confirmed: rank 0 removed the file and the acknowledgements.
     assert!(!path.exists());
+    for r in 1..4 {
+        assert!(!file::ack_path(&path, r).exists());
+    }
 }
 
 #[test]
@@ -529,7 +532,7 @@ fn stale_file_from_another_run_is_ignored() {
     let ex = file_ex(&path, "new-run", LONG);
     let ids = ranks(4, |r| ex.share(r, 4, late_id(1)).unwrap());
     assert!(ids.iter().all(|id| *id == fake_id(1)), "an old id was used");
-    ex.finish(0);
+    assert!(!path.exists());
 }
 
 #[test]
@@ -850,4 +853,41 @@ fn share_rejects_bad_ranks() {
         IdExchange::Local.share(0, 1, || Ok(fake_id(2))).unwrap(),
         fake_id(2)
     );
+}
+
+#[test]
+fn file_timeout_names_the_missing_rank() {
+    let path = temp_path("missing");
+    let r = rid("r");
+    // A stale acknowledgement of rank 2 from another run must not count.
+    let stale = super::wire::encode_ack(2, Some("old-run"));
+    let results = ranks(4, |rank| {
+        let me = Member::new(rank, 4, &r, if rank == 0 { SHORT } else { LONG });
+        match rank {
+            0 => {
+                file::publish(&path, &fake_id(6), &me).unwrap();
+                std::fs::write(file::ack_path(&path, 2), &stale).unwrap();
+                file::await_acks(&path, &me).map(|()| fake_id(6))
+            }
+            2 => Ok(fake_id(0)), // never comes
+            _ => file::wait(&path, &me),
+        }
+    });
+    assert_eq!(results[1].as_ref().unwrap(), &fake_id(6));
+    assert_eq!(results[3].as_ref().unwrap(), &fake_id(6));
+    let e = results[0].as_ref().unwrap_err();
+    assert_err_contains(
+        e,
+        &[
+            "rank 0 of 4: waited",
+            &format!("for rank 2 to read the NCCL id file {}", path.display()),
+            "which never happened (ranks 1, 3 did)",
+            "is from another run (run id \"old-run\")",
+        ],
+    );
+    // Rank 0 cleaned up even though it failed.
+    assert!(!path.exists());
+    for r in 1..4 {
+        assert!(!file::ack_path(&path, r).exists());
+    }
 }

@@ -8,6 +8,7 @@
 //! | id record: the id file, and rank 0's answer over TCP | `DSV3NCI2`, world size `u64`, run id, the 128 id bytes |
 //! | request, rank k to rank 0 over TCP | `DSV3NCRQ`, rank `u64`, world size `u64`, run id |
 //! | refusal, rank 0 to rank k over TCP | `DSV3NCNO`, length `u16`, UTF-8 reason |
+//! | acknowledgement, rank k to rank 0 through the file `<id file>.ack-<k>` | `DSV3NCAK`, rank `u64`, run id |
 //!
 //! The first format (`DSV3NCID`: world size and id, no run id) is not accepted: a file in it was
 //! left by an older build, hence by another run, and is waited over like any stale file.
@@ -20,6 +21,7 @@ use super::{IdBytes, Member, NCCL_ID_BYTES};
 const RECORD: &[u8; 8] = b"DSV3NCI2";
 const REQUEST: &[u8; 8] = b"DSV3NCRQ";
 const REFUSAL: &[u8; 8] = b"DSV3NCNO";
+const ACK: &[u8; 8] = b"DSV3NCAK";
 
 /// A published id and whom it is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +92,31 @@ pub(super) fn encode_refusal(reason: &str) -> Vec<u8> {
     v.extend_from_slice(&(cut as u16).to_le_bytes());
     v.extend_from_slice(&reason.as_bytes()[..cut]);
     v
+}
+
+pub(super) fn encode_ack(rank: usize, run: Option<&str>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + 8 + 1 + 128);
+    v.extend_from_slice(ACK);
+    v.extend_from_slice(&(rank as u64).to_le_bytes());
+    put_run(&mut v, run);
+    v
+}
+
+/// An acknowledgement: which rank, of which run.
+pub(super) fn decode_ack(bytes: &[u8]) -> Decoded<(u64, Option<String>)> {
+    if let Some(d) = check_magic(bytes, ACK) {
+        return d;
+    }
+    let mut c = Cursor(&bytes[8..]);
+    let Some(rank) = c.u64() else {
+        return Decoded::Incomplete;
+    };
+    match c.run() {
+        None => Decoded::Incomplete,
+        Some(Err(())) => Decoded::Foreign("holds a run id that is not printable ASCII"),
+        Some(Ok(_)) if !c.0.is_empty() => Decoded::Foreign("is longer than an acknowledgement"),
+        Some(Ok(run)) => Decoded::Ok((rank, run)),
+    }
 }
 
 /// A cursor over bytes that reports running out (`None`) rather than panicking.
