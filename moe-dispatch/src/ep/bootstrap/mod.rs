@@ -4,8 +4,8 @@
 //! Two ways to start a world:
 //!
 //! - **One node, our launcher** (the CLI's `--world-size N`): it starts the N ranks itself and
-//!   gives each the rank variables, a fresh `DSV3_RUN_ID`, and a fresh id file in the temp
-//!   directory (`DSV3_NCCL_ID_FILE`).
+//!   gives each the environment of [`LocalLaunch::env`]: the rank variables, a fresh
+//!   `DSV3_RUN_ID`, and a fresh id file in the temp directory (`DSV3_NCCL_ID_FILE`).
 //! - **Several nodes, torchrun-style**: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
 //!   `MASTER_PORT` as torchrun (or a scheduler script) sets them. Rank 0 serves the id over TCP on
 //!   `MASTER_PORT`; the others fetch it from `MASTER_ADDR:MASTER_PORT`.
@@ -43,11 +43,13 @@ use kernels::error::{Error, Result};
 
 mod env;
 mod file;
+mod launch;
 mod run;
 mod tcp;
 mod wire;
 
 pub use env::WorldEnv;
+pub use launch::LocalLaunch;
 pub use run::{RunId, MAX_RUN_ID_LEN, RUN_ID_VAR};
 
 /// Size of `ncclUniqueId`.

@@ -9,7 +9,7 @@
 //! Where the id comes from, first match wins:
 //!
 //! 1. `DSV3_RUN_ID`, set by the launcher to one value for every rank of one launch (our CLI
-//!    puts a fresh random one in each child's environment; a
+//!    puts a fresh random one in each child's environment, see [`super::LocalLaunch`]; a
 //!    scheduler can use its job id, e.g. `$SLURM_JOB_ID.$SLURM_RESTART_COUNT`).
 //! 2. File exchange only: derived from what all local ranks of one launch share without being
 //!    told, the launcher itself. Ranks are the children of one process (torchrun, mpirun's

@@ -891,3 +891,113 @@ fn file_timeout_names_the_missing_rank() {
         assert!(!file::ack_path(&path, r).exists());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The launcher's environment.
+
+/// The child's view: `parent` (inherited) overlaid with the launch's variables, as
+/// `Command::envs` does.
+fn child_env(
+    launch_env: &[(&'static str, String)],
+    parent: &[(&str, &str)],
+) -> impl Fn(&str) -> Option<String> {
+    let mut m: HashMap<String, String> = parent
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in launch_env {
+        m.insert(k.to_string(), v.clone());
+    }
+    move |k| m.get(k).cloned()
+}
+
+#[test]
+fn local_launch_env() {
+    let dir = std::env::temp_dir();
+    let launch = LocalLaunch::in_dir(4, RunId::new("run-42").unwrap(), &dir).unwrap();
+    assert_eq!(launch.world_size(), 4);
+    assert_eq!(launch.run_id().as_str(), "run-42");
+    assert_eq!(launch.id_file(), dir.join("dsv3-nccl-id-run-42"));
+    let file = launch.id_file().to_str().unwrap().to_string();
+    let env = launch.env(2).unwrap();
+    let want: Vec<(&str, String)> = vec![
+        ("RANK", "2".into()),
+        ("WORLD_SIZE", "4".into()),
+        ("LOCAL_RANK", "2".into()),
+        ("LOCAL_WORLD_SIZE", "4".into()),
+        ("DSV3_RUN_ID", "run-42".into()),
+        ("DSV3_NCCL_ID_FILE", file.clone()),
+    ];
+    assert_eq!(env, want);
+    // What the child reads back, whatever the launcher itself inherited.
+    let inherited = [
+        ("RANK", "7"),
+        ("WORLD_SIZE", "16"),
+        ("LOCAL_RANK", "7"),
+        ("LOCAL_WORLD_SIZE", "8"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+        ("DSV3_NCCL_ID_ADDR", "127.0.0.1:1"),
+        ("DSV3_RUN_ID", "the-surrounding-job"),
+        ("DSV3_NCCL_ID_TIMEOUT_S", "9"),
+    ];
+    let look = child_env(&env, &inherited);
+    let w = WorldEnv::from_lookup(&look).unwrap();
+    assert_eq!(w, world(2, 4));
+    assert_eq!(
+        IdExchange::from_lookup(&w, &look).unwrap(),
+        IdExchange::File {
+            path: launch.id_file().to_path_buf(),
+            run: rid("run-42"),
+            timeout: Duration::from_secs(9),
+        }
+    );
+    // Every rank gets the same run id and file, its own rank.
+    for r in 0..4 {
+        let env = launch.env(r).unwrap();
+        assert_eq!(env[0], ("RANK", r.to_string()));
+        assert_eq!(env[2], ("LOCAL_RANK", r.to_string()));
+        assert_eq!(env[4].1, "run-42");
+        assert_eq!(env[5].1, file);
+    }
+    // Odd characters of a run id do not reach the file name.
+    let odd = LocalLaunch::in_dir(2, RunId::new("a/b:c").unwrap(), &dir).unwrap();
+    assert_eq!(odd.id_file(), dir.join("dsv3-nccl-id-a_b_c"));
+}
+
+#[test]
+fn local_launch_errors_and_freshness() {
+    let e = LocalLaunch::new(4).unwrap().env(4).unwrap_err();
+    assert_err_contains(&e, &["local rank 4 of a world of 4: the ranks are 0..3"]);
+    let e = LocalLaunch::new(0).unwrap_err();
+    assert_err_contains(&e, &["world of 0"]);
+    // Two launches never share a run id or an id file.
+    let (a, b) = (LocalLaunch::new(2).unwrap(), LocalLaunch::new(2).unwrap());
+    assert_ne!(a.run_id(), b.run_id());
+    assert_ne!(a.id_file(), b.id_file());
+    assert!(a.id_file().starts_with(std::env::temp_dir()));
+    assert!(a.id_file().to_str().unwrap().ends_with(a.run_id().as_str()));
+}
+
+#[test]
+fn local_launch_world_shares_one_id() {
+    // The ranks as the launcher's children would see the world: each reads only its
+    // environment.
+    let dir = std::env::temp_dir();
+    let launch = LocalLaunch::in_dir(3, RunId::fresh(), &dir).unwrap();
+    let ids = ranks(3, |r| {
+        let look = child_env(&launch.env(r).unwrap(), &[("DSV3_NCCL_ID_TIMEOUT_S", "30")]);
+        let w = WorldEnv::from_lookup(&look).unwrap();
+        let ex = IdExchange::from_lookup(&w, &look).unwrap();
+        ex.share(w.rank, w.world_size, late_id(8)).unwrap()
+    });
+    assert!(ids.iter().all(|id| *id == fake_id(8)));
+    assert!(!launch.id_file().exists());
+    // A rank 0 that died mid-exchange leaves the file; the launcher's cleanup removes it.
+    let r = Some(launch.run_id().clone());
+    file::publish(launch.id_file(), &fake_id(1), &Member::new(0, 3, &r, LONG)).unwrap();
+    std::fs::write(file::ack_path(launch.id_file(), 2), b"x").unwrap();
+    launch.cleanup();
+    assert!(!launch.id_file().exists());
+    assert!(!file::ack_path(launch.id_file(), 2).exists());
+}
