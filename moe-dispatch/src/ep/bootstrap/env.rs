@@ -8,7 +8,17 @@ use std::time::Duration;
 
 use kernels::error::{Error, Result};
 
-use super::{DEFAULT_ID_TIMEOUT, OP};
+use super::{DEFAULT_ID_TIMEOUT, MAX_WORLD_SIZE, OP};
+
+/// The process environment as a lookup. A value that is not UTF-8 is passed on lossily (so it
+/// fails to parse, naming the variable) rather than read as unset.
+pub(super) fn process_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(v)) => Some(v.to_string_lossy().into_owned()),
+    }
+}
 
 /// Rank, world size and GPU ordinal of this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +47,7 @@ impl WorldEnv {
     /// From `RANK`, `WORLD_SIZE`, `LOCAL_RANK` (and `LOCAL_WORLD_SIZE`, checked when set) of the
     /// process environment.
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        Self::from_lookup(process_env)
     }
 
     /// From any variable lookup (tests pass a map).
@@ -68,8 +78,11 @@ impl WorldEnv {
                 ))
             }
         };
-        if world_size == 0 {
-            return Err(Error::invalid(OP, format!("rank {rank}: WORLD_SIZE is 0")));
+        if world_size == 0 || world_size > MAX_WORLD_SIZE {
+            return Err(Error::invalid(
+                OP,
+                format!("rank {rank}: WORLD_SIZE={world_size} is not in 1..={MAX_WORLD_SIZE}"),
+            ));
         }
         if rank >= world_size {
             return Err(Error::invalid(

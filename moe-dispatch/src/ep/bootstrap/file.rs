@@ -91,7 +91,7 @@ pub(super) fn wait(path: &Path, me: &Member<'_>) -> Result<IdBytes> {
                                 "rank {}: {why} (NCCL id file {}, run id {})",
                                 me.rank,
                                 path.display(),
-                                super::run::show(me.run.map(|r| r.as_str()))
+                                show(me.run.map(|r| r.as_str()))
                             ),
                         ))
                     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kernels::error::{Error, Result};
 
-use super::{RunId, OP, RUN_ID_VAR};
+use super::{RunId, MAX_WORLD_SIZE, OP, RUN_ID_VAR};
 
 /// One launch of a one-node world of `world_size` ranks.
 ///
@@ -48,8 +48,11 @@ impl LocalLaunch {
     /// A launch with the given run id and its id file in `dir` (which every rank must be able
     /// to write: the ranks acknowledge the id next to the file).
     pub fn in_dir(world_size: usize, run: RunId, dir: &Path) -> Result<Self> {
-        if world_size == 0 {
-            return Err(Error::invalid(OP, "a launch of a world of 0 ranks"));
+        if world_size == 0 || world_size > MAX_WORLD_SIZE {
+            return Err(Error::invalid(
+                OP,
+                format!("a launch of a world of {world_size} ranks (1..={MAX_WORLD_SIZE})"),
+            ));
         }
         // Run ids are printable ASCII; keep the file name to the portable set.
         let name: String = run

@@ -18,7 +18,7 @@
 //! | `LOCAL_RANK` | the GPU ordinal of this process on its node (default: `RANK`) |
 //! | `LOCAL_WORLD_SIZE` | ranks on this node (optional; when set, `LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE` is checked) |
 //! | `DSV3_RUN_ID` | the run id, one value for all ranks of a launch; without it the file exchange derives one from the parent process and TCP uses none (see [`RunId`] for why, and for what that cannot catch) |
-//! | `DSV3_NCCL_ID_FILE` | 1st choice: path of the id file; rank 0 writes it atomically (temp file + rename), the others poll for it |
+//! | `DSV3_NCCL_ID_FILE` | 1st choice: path of the id file; rank 0 writes it atomically (temp file + rename), the others poll for it and confirm with `<path>.ack-<rank>`; rank 0 waits for those, then removes them and the file |
 //! | `DSV3_NCCL_ID_ADDR` | 2nd choice: `host:port` (e.g. `127.0.0.1:29511`); rank 0 listens on exactly that address, the others connect to it |
 //! | `MASTER_ADDR`, `MASTER_PORT` | 3rd choice: rank 0 listens on `MASTER_PORT` on all interfaces, the others connect to `MASTER_ADDR:MASTER_PORT` |
 //! | `DSV3_NCCL_ID_TIMEOUT_S` | the bound on every wait of the exchange, in seconds (fractions allowed), default 120 |
@@ -30,9 +30,10 @@
 //!
 //! Failures are errors naming the rank and the cause, never a hang past the timeout: bad or
 //! inconsistent rank variables (before anything is opened), ranks that disagree on
-//! `WORLD_SIZE` (the exchange carries rank 0's), a rank that never comes (rank 0 names it over
-//! TCP), rank 0 never coming (the others say what they saw), an id file or peer of another run
-//! (never used, see [`RunId`]).
+//! `WORLD_SIZE` (the exchange carries rank 0's), a rank that never comes (rank 0 names it),
+//! rank 0 never coming (the others say what they saw), an id file or peer of another run (never
+//! used, see [`RunId`]). What happens after the exchange is NCCL's: `ncclCommInitRank` itself
+//! has no timeout, but every rank reaches it only once all of them have the id.
 //!
 //! This module does not touch NCCL (the id is plain bytes), so it is tested without a GPU.
 
@@ -60,6 +61,10 @@ pub type IdBytes = [u8; NCCL_ID_BYTES];
 
 pub(super) const OP: &str = "nccl_bootstrap";
 pub(super) const POLL: Duration = Duration::from_millis(20);
+
+/// Largest world accepted: far beyond any deployment, small enough that per-rank bookkeeping
+/// (rank 0's list of who has the id) cannot exhaust memory on a mistyped `WORLD_SIZE`.
+pub const MAX_WORLD_SIZE: usize = 1 << 16;
 
 /// Default of `DSV3_NCCL_ID_TIMEOUT_S`.
 pub const DEFAULT_ID_TIMEOUT: Duration = Duration::from_secs(120);
@@ -182,7 +187,7 @@ fn master_addr(world: &WorldEnv, host: &str, port: &str) -> Result<String> {
 impl IdExchange {
     /// From the process environment (see the module documentation).
     pub fn from_env(world: &WorldEnv) -> Result<Self> {
-        Self::from_lookup(world, |k| std::env::var(k).ok())
+        Self::from_lookup(world, env::process_env)
     }
 
     /// From any variable lookup (tests pass a map); `world` names the rank in errors.
@@ -255,6 +260,12 @@ impl IdExchange {
         world_size: usize,
         make_id: impl FnOnce() -> Result<IdBytes>,
     ) -> Result<IdBytes> {
+        if world_size > MAX_WORLD_SIZE {
+            return Err(Error::invalid(
+                OP,
+                format!("rank {rank}: a world of {world_size} is over {MAX_WORLD_SIZE} ranks"),
+            ));
+        }
         if rank >= world_size {
             return Err(Error::invalid(
                 OP,

@@ -84,7 +84,11 @@ fn world_env_errors() {
         ),
         (
             vec![("RANK", "0"), ("WORLD_SIZE", "0")],
-            vec!["WORLD_SIZE is 0"],
+            vec!["WORLD_SIZE=0 is not in 1..=65536"],
+        ),
+        (
+            vec![("RANK", "0"), ("WORLD_SIZE", "1000000000000")],
+            vec!["WORLD_SIZE=1000000000000 is not in 1..=65536"],
         ),
         (
             vec![("RANK", "2"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "-1")],
@@ -849,6 +853,11 @@ fn share_rejects_bad_ranks() {
         .share(4, 4, || unreachable!())
         .unwrap_err();
     assert_err_contains(&e, &["rank 4 is not below the world size 4"]);
+    // A mistyped world size is refused before anything is allocated for it.
+    let e = tcp_ex("127.0.0.1:1", TcpVia::IdAddr, None, SHORT)
+        .share(0, usize::MAX, || unreachable!())
+        .unwrap_err();
+    assert_err_contains(&e, &["over 65536 ranks"]);
     assert_eq!(
         IdExchange::Local.share(0, 1, || Ok(fake_id(2))).unwrap(),
         fake_id(2)
@@ -971,6 +980,7 @@ fn local_launch_errors_and_freshness() {
     assert_err_contains(&e, &["local rank 4 of a world of 4: the ranks are 0..3"]);
     let e = LocalLaunch::new(0).unwrap_err();
     assert_err_contains(&e, &["world of 0"]);
+    assert!(LocalLaunch::new(MAX_WORLD_SIZE + 1).is_err());
     // Two launches never share a run id or an id file.
     let (a, b) = (LocalLaunch::new(2).unwrap(), LocalLaunch::new(2).unwrap());
     assert_ne!(a.run_id(), b.run_id());
