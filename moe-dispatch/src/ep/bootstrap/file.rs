@@ -222,13 +222,18 @@ fn poll_acks(path: &Path, me: &Member<'_>) -> Result<()> {
                 OP,
                 format!(
                     "{}: waited {:?} for {} to read the NCCL id file {} (DSV3_NCCL_ID_FILE; each \
-                     rank confirms with {}), which never happened ({came}). Is it running, with \
-                     the same DSV3_NCCL_ID_FILE and WORLD_SIZE{}?{notes}",
+                     rank confirms with {}), which never happened ({came}). {} running, with \
+                     the same WORLD_SIZE, DSV3_NCCL_ID_FILE{}?{notes}",
                     me.who(),
                     me.timeout,
                     rank_list(&missing),
                     path.display(),
                     ack_path(path, missing.first().copied().unwrap_or(1)).display(),
+                    if missing.len() == 1 {
+                        "Is it"
+                    } else {
+                        "Are they"
+                    },
                     me.run_hint()
                 ),
             ));

@@ -175,11 +175,16 @@ fn timeout_error(
         OP,
         format!(
             "{}: waited {:?} on {at} ({}) for {} to fetch the NCCL id, which never came ({came}). \
-             Is it running, pointed at this address, with the same WORLD_SIZE{}?{notes}",
+             {} running, pointed at this address, with the same WORLD_SIZE{}?{notes}",
             me.who(),
             me.timeout,
             via.vars(),
             rank_list(&missing),
+            if missing.len() == 1 {
+                "Is it"
+            } else {
+                "Are they"
+            },
             me.run_hint()
         ),
     )
