@@ -1,10 +1,9 @@
 //! Expert parallelism (`moe_dispatch::ep`) on the CPU: N ranks as N threads over the in-process
 //! transport, checked bit for bit against the single-rank reference (dispatch -> experts ->
 //! combine on the tokens of all ranks concatenated in rank order); node-limited routing against a
-//! brute force; the world / unique-id bootstrap; and, with the `cuda` feature on a machine with a
-//! GPU and libnccl, the NCCL transport with a world of one.
+//! brute force; and, with the `cuda` feature on a machine with a GPU and libnccl, the NCCL
+//! transport with a world of one.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use half::bf16;
@@ -12,9 +11,6 @@ use kernels::dtype::e4m3_decode_table;
 use kernels::error::Error;
 use kernels::reference::fp8_quant::{quantize_fp8, ScaleLayout};
 use kernels::rng::Rng;
-use moe_dispatch::ep::bootstrap::{
-    fetch_id_tcp, publish_id_file, serve_id_tcp, wait_id_file, IdBytes, NCCL_ID_BYTES,
-};
 use moe_dispatch::ep::*;
 use moe_dispatch::reference::permute::{combine, contiguous_layout, dispatch_fp8, dispatch_rows};
 
@@ -933,66 +929,10 @@ fn node_limited_routing_with_ep() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// World setup.
+// NCCL, world size 1 (needs a GPU and libnccl; not in the interpreter build, which has no NCCL).
+// The bootstrap (ranks, id exchange) has its own unit tests in src/ep/bootstrap/tests.rs.
 
-fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let m: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |k| m.get(k).cloned()
-}
-
-#[test]
-fn world_env() {
-    let w = WorldEnv::from_lookup(lookup(&[])).unwrap();
-    assert_eq!((w.rank, w.world_size, w.local_rank), (0, 1, 0));
-    let w = WorldEnv::from_lookup(lookup(&[
-        ("RANK", "5"),
-        ("WORLD_SIZE", "8"),
-        ("LOCAL_RANK", "1"),
-    ]))
-    .unwrap();
-    assert_eq!((w.rank, w.world_size, w.local_rank), (5, 8, 1));
-    let w = WorldEnv::from_lookup(lookup(&[("RANK", "3"), ("WORLD_SIZE", "4")])).unwrap();
-    assert_eq!(w.local_rank, 3);
-    for bad in [
-        vec![("RANK", "4"), ("WORLD_SIZE", "4")],
-        vec![("WORLD_SIZE", "2")],
-        vec![("RANK", "1")],
-        vec![("RANK", "x"), ("WORLD_SIZE", "2")],
-        vec![("RANK", "0"), ("WORLD_SIZE", "0")],
-    ] {
-        let e = WorldEnv::from_lookup(lookup(&bad)).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }), "{bad:?}: {e}");
-    }
-    assert_eq!(
-        IdExchange::from_lookup(1, lookup(&[])).unwrap(),
-        IdExchange::Local
-    );
-    let e = IdExchange::from_lookup(2, lookup(&[])).unwrap_err();
-    assert!(e.to_string().contains("DSV3_NCCL_ID_FILE"), "{e}");
-    assert_eq!(
-        IdExchange::from_lookup(
-            2,
-            lookup(&[
-                ("DSV3_NCCL_ID_FILE", "/tmp/x"),
-                ("DSV3_NCCL_ID_TIMEOUT_S", "5")
-            ])
-        )
-        .unwrap(),
-        IdExchange::File {
-            path: "/tmp/x".into(),
-            timeout: Duration::from_secs(5)
-        }
-    );
-    assert!(matches!(
-        IdExchange::from_lookup(2, lookup(&[("DSV3_NCCL_ID_ADDR", "127.0.0.1:1")])).unwrap(),
-        IdExchange::Tcp { .. }
-    ));
-    assert!(IdExchange::from_lookup(2, lookup(&[("DSV3_NCCL_ID_TIMEOUT_S", "-1")])).is_err());
-}
-
+#[cfg(all(feature = "cuda", not(feature = "emulate")))]
 fn temp_path(name: &str) -> std::path::PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1000,93 +940,6 @@ fn temp_path(name: &str) -> std::path::PathBuf {
         .as_nanos();
     std::env::temp_dir().join(format!("dsv3-ep-{name}-{}-{nanos}", std::process::id()))
 }
-
-fn fake_id(seed: u8) -> IdBytes {
-    std::array::from_fn(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-}
-
-#[test]
-fn id_exchange_through_a_file() {
-    let path = temp_path("file");
-    // A stale file from a run of another world size: the others wait, rank 0 replaces it.
-    publish_id_file(&path, &fake_id(9), 3).unwrap();
-    let ex = IdExchange::File {
-        path: path.clone(),
-        timeout: TIMEOUT,
-    };
-    let world = 4;
-    let ids: Vec<IdBytes> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..world)
-            .map(|r| {
-                let ex = &ex;
-                s.spawn(move || {
-                    if r == 0 {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    ex.share(r, world, || Ok(fake_id(1))).unwrap()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    // The other ranks saw the stale file first (rank 0 starts late) and waited it out.
-    for id in &ids {
-        assert_eq!(*id, fake_id(1));
-    }
-    ex.finish(0);
-    assert!(!path.exists());
-}
-
-#[test]
-fn id_file_errors() {
-    let path = temp_path("stale");
-    publish_id_file(&path, &fake_id(2), 3).unwrap();
-    let e = wait_id_file(&path, 1, 4, Duration::from_millis(100)).unwrap_err();
-    assert!(e.to_string().contains("world of 3"), "{e}");
-    std::fs::write(&path, vec![b'x'; 144]).unwrap();
-    let e = wait_id_file(&path, 1, 4, Duration::from_millis(100)).unwrap_err();
-    assert!(e.to_string().contains("format"), "{e}");
-    std::fs::remove_file(&path).unwrap();
-    let e = wait_id_file(&path, 2, 4, Duration::from_millis(100)).unwrap_err();
-    assert!(
-        e.to_string().contains("does not exist. Is rank 0 running"),
-        "{e}"
-    );
-    assert_eq!(NCCL_ID_BYTES, 128);
-}
-
-#[test]
-fn id_exchange_over_tcp() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let world = 5;
-    let ids: Vec<IdBytes> = std::thread::scope(|s| {
-        let server = s.spawn(|| {
-            serve_id_tcp(&listener, &fake_id(7), world, TIMEOUT).unwrap();
-            fake_id(7)
-        });
-        let clients: Vec<_> = (1..world)
-            .map(|r| {
-                let addr = addr.clone();
-                s.spawn(move || fetch_id_tcp(&addr, r, world, TIMEOUT).unwrap())
-            })
-            .collect();
-        let mut out = vec![server.join().unwrap()];
-        out.extend(clients.into_iter().map(|h| h.join().unwrap()));
-        out
-    });
-    assert!(ids.iter().all(|id| *id == fake_id(7)));
-    // Nobody serving: a clear timeout.
-    let e = fetch_id_tcp(&addr, 1, world, Duration::from_millis(300)).unwrap_err();
-    assert!(e.to_string().contains("is rank 0 running"), "{e}");
-    // Clients missing: rank 0 times out naming them.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let e = serve_id_tcp(&listener, &fake_id(7), 3, Duration::from_millis(100)).unwrap_err();
-    assert!(e.to_string().contains("[1, 2]"), "{e}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// NCCL, world size 1 (needs a GPU and libnccl; not in the interpreter build, which has no NCCL).
 
 #[cfg(all(feature = "cuda", not(feature = "emulate")))]
 #[test]
@@ -1163,12 +1016,13 @@ fn nccl_world_of_one_matches_in_process() {
     let path = temp_path("nccl");
     let ex = IdExchange::File {
         path: path.clone(),
+        run: Some(RunId::fresh()),
         timeout: TIMEOUT,
     };
     let id = ex.share(0, 1, NcclTransport::unique_id).unwrap();
-    let mut t = NcclTransport::new(gpu.stream().clone(), 0, 1, id).unwrap();
-    ex.finish(0);
+    // Everyone (nobody else here) has the id: rank 0 already removed the file.
     assert!(!path.exists());
+    let mut t = NcclTransport::new(gpu.stream().clone(), 0, 1, id).unwrap();
     assert_eq!(t.all_to_all_counts(&[7]).unwrap(), vec![7]);
     drop(t);
     if std::env::var_os("WORLD_SIZE").is_none() && std::env::var_os("RANK").is_none() {

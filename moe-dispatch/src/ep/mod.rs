@@ -9,8 +9,9 @@
 //!   equal to the single-rank reference (`reference::permute`) on the concatenated tokens; see
 //!   [`dispatch`] for the protocol, the row order and the argument.
 //! - [`NodeLimit`], [`node_limited_topk`]: node-limited routing (each token on at most M nodes).
-//! - [`bootstrap`]: `RANK` / `WORLD_SIZE` / `LOCAL_RANK` and the NCCL unique-id exchange (file or
-//!   TCP on loopback).
+//! - [`bootstrap`]: `RANK` / `WORLD_SIZE` / `LOCAL_RANK` and the NCCL unique-id exchange (a file
+//!   or TCP, `MASTER_ADDR` / `MASTER_PORT` for several nodes), each launch under its own run id;
+//!   [`LocalLaunch`] for a launcher that starts the ranks of one node itself.
 
 pub mod bootstrap;
 pub mod dispatch;
@@ -22,7 +23,7 @@ pub mod transport;
 #[cfg(all(feature = "cuda", not(feature = "emulate")))]
 pub mod nccl;
 
-pub use bootstrap::{IdExchange, WorldEnv};
+pub use bootstrap::{IdExchange, LocalLaunch, RunId, TcpVia, WorldEnv};
 pub use dispatch::{
     ep_combine, ep_dispatch, EpConfig, EpDispatch, EpTokens, ExpertInputs, RecvPair, WireRow,
 };

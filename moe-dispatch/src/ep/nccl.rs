@@ -139,8 +139,8 @@ impl NcclTransport {
     }
 
     /// Joins the world described by the environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, and
-    /// `DSV3_NCCL_ID_FILE` or `DSV3_NCCL_ID_ADDR`, see [`super::bootstrap`]) on `gpu`, which must
-    /// be device `LOCAL_RANK`.
+    /// `DSV3_NCCL_ID_FILE`, `DSV3_NCCL_ID_ADDR` or `MASTER_ADDR` / `MASTER_PORT`, see
+    /// [`super::bootstrap`]) on `gpu`, which must be device `LOCAL_RANK`.
     pub fn from_env(gpu: &Gpu) -> Result<Self> {
         let env = WorldEnv::from_env()?;
         if gpu.info().ordinal != env.local_rank {
@@ -153,12 +153,10 @@ impl NcclTransport {
                 ),
             ));
         }
-        let exchange = IdExchange::from_env(env.world_size)?;
+        let exchange = IdExchange::from_env(&env)?;
         nccl_available()?;
         let id = exchange.share(env.rank, env.world_size, Self::unique_id)?;
-        let t = Self::new(gpu.stream().clone(), env.rank, env.world_size, id)?;
-        exchange.finish(env.rank);
-        Ok(t)
+        Self::new(gpu.stream().clone(), env.rank, env.world_size, id)
     }
 
     pub fn comm(&self) -> &Comm {
