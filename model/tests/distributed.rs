@@ -45,7 +45,6 @@ fn requests(vocab: u32) -> Vec<Request> {
                 SamplingParams {
                     temperature: 0.8,
                     top_p: 0.9,
-                    ..SamplingParams::GREEDY
                 }
             },
             seed: 1000 + u64::from(i),
