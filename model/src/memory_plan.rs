@@ -256,7 +256,11 @@ pub fn kv_bytes_per_token(cfg: &ModelConfig) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fit {
     /// What is left holds `kv_tokens` tokens of KV cache (`kv_bytes` bytes).
-    Fits { kv_tokens: u64, kv_bytes: u64 },
+    Fits {
+        kv_tokens: u64,
+        kv_bytes: u64,
+        gpu_memory: u64,
+    },
     /// Weights plus workspace leave no room for a single token of KV cache.
     DoesNotFit {
         weights: u64,
@@ -271,10 +275,12 @@ impl std::fmt::Display for Fit {
             Fit::Fits {
                 kv_tokens,
                 kv_bytes,
+                gpu_memory,
             } => write!(
                 f,
-                "fits: yes, KV cache for {kv_tokens} tokens per rank ({:.1} GiB)",
-                gib(kv_bytes)
+                "fits: yes, KV cache for {kv_tokens} tokens per rank ({:.1} GiB of {:.1} GiB)",
+                gib(kv_bytes),
+                gib(gpu_memory)
             ),
             Fit::DoesNotFit {
                 weights,
@@ -347,6 +353,7 @@ impl MemoryPlan {
             Fit::Fits {
                 kv_tokens,
                 kv_bytes: kv_tokens * self.kv_bytes_per_token,
+                gpu_memory,
             }
         })
     }
@@ -583,11 +590,7 @@ mod tests {
         let mtp_layer = attention + mlp(2048) + router + d * 2 + 32 * mlp(2048);
         assert_eq!(w.get(WeightKind::Mtp), mtp_extras + mtp_layer);
         // 99.1 GiB per rank at N = 8.
-        assert!(
-            (99.0..99.2).contains(&gib(w.total())),
-            "{}",
-            gib(w.total())
-        );
+        assert!((99.0..99.2).contains(&gib(w.total())), "{}", gib(w.total()));
     }
 
     /// On one rank the plan holds every tensor of the checkpoint once, so its total is the
