@@ -12,6 +12,10 @@
 //! - [`tiny`]: the built-in tiny model, generated deterministically and written as a normal
 //!   checkpoint directory.
 //! - [`error`]: [`ModelError`], whose messages name the file, tensor or key at fault.
+//!
+//! Deployment: [`memory_plan`], the per-rank weights, workspace and KV budget of an
+//! expert-parallel deployment and its all-to-all bytes per decode step (`dsv3 info
+//! --world-size`).
 
 pub mod checkpoint;
 pub mod cli;
@@ -23,6 +27,7 @@ pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod fullwidth;
+pub mod memory_plan;
 pub mod mtp_cost;
 pub mod reference;
 pub mod speculative;

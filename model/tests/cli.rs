@@ -396,3 +396,136 @@ fn world_size_runs_generate_logits_and_bench_on_the_cpu() {
         stderr(&out)
     );
 }
+
+/// `info --world-size`: the per-rank memory plan and all-to-all traffic on the built-in model,
+/// and errors naming what is wrong.
+#[test]
+fn info_plans_an_expert_parallel_deployment() {
+    let out = dsv3(&["info", "--world-size", "3"]);
+    assert!(!out.status.success(), "3 ranks cannot share 16 experts");
+    assert!(
+        stderr(&out).contains("16 routed experts cannot be split evenly over 3 ranks"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in [
+        &["info", "--world-size", "0"][..],
+        &["info", "--gpu-memory", "0"],
+        &["info", "--gpu-memory=-8"],
+        &["info", "--world-size", "4", "--batch-per-rank", "0"],
+    ] {
+        let out = dsv3(bad);
+        assert!(!out.status.success(), "{bad:?} should fail");
+        let flag = bad[bad.len() - 2..].join(" ");
+        let named = ["--world-size", "--gpu-memory", "--batch-per-rank"]
+            .iter()
+            .any(|f| flag.contains(f) && stderr(&out).contains(f));
+        assert!(named, "{bad:?}: {}", stderr(&out));
+    }
+
+    let v = stdout_json(&dsv3(&[
+        "info",
+        "--world-size",
+        "4",
+        "--gpu-memory",
+        "2",
+        "--batch-per-rank",
+        "8",
+        "--json",
+    ]));
+    let plan = &v["memory_plan"];
+    assert_eq!(plan["world_size"], 4);
+    assert_eq!(plan["routed_experts_per_rank"], 4);
+    let weights = plan["weight_bytes_per_rank"].as_object().unwrap();
+    for key in [
+        "attention",
+        "dense_mlp",
+        "shared_experts",
+        "routed_experts",
+        "embedding_lm_head",
+        "mtp",
+    ] {
+        assert!(weights[key].as_u64().unwrap() > 0, "{key}");
+    }
+    let parts: u64 = weights
+        .iter()
+        .filter(|(k, _)| *k != "total")
+        .map(|(_, b)| b.as_u64().unwrap())
+        .sum();
+    assert_eq!(weights["total"].as_u64(), Some(parts));
+    for key in ["workspace_bytes", "kv_bytes_per_token", "gpu_memory_bytes"] {
+        assert!(plan[key].as_u64().unwrap() > 0, "{key}");
+    }
+    assert_eq!(plan["fits"], true);
+    assert!(plan["kv_tokens_per_rank"].as_u64().unwrap() > 0);
+    let a2a = &v["all_to_all"];
+    assert_eq!(a2a["batch_per_rank"], 8);
+    assert_eq!(a2a["worst_remote_ranks"], 3);
+    for key in [
+        "moe_layers",
+        "dispatch_row_bytes",
+        "combine_row_bytes",
+        "expected_remote_ranks",
+        "worst_bytes_per_step",
+        "expected_bytes_per_step",
+    ] {
+        assert!(a2a[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(
+        a2a["on_paper_us"]["nvlink_450_gb_s"]["worst"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        a2a["on_paper_us"]["infiniband_50_gb_s"]["expected"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // Without --gpu-memory: weights only, and the KV budget says what it needs.
+    let v = stdout_json(&dsv3(&["info", "--json"]));
+    assert_eq!(v["memory_plan"]["world_size"], 1);
+    assert_eq!(v["memory_plan"]["fits"], Value::Null);
+    let out = dsv3(&["info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("needs --gpu-memory"), "{text}");
+    assert!(
+        !text.contains("all-to-all"),
+        "one rank has no all-to-all: {text}"
+    );
+}
+
+/// The released DeepSeek-V3 config (`tests/fixtures/deepseek-v3-config`): fits on 8 x 141 GiB
+/// (H200) and 16 x 80 GiB (H100), not on 8 x 80 GiB.
+#[test]
+fn info_plans_v3_on_h200_and_h100() {
+    let model = golden_fixture("deepseek-v3-config");
+    let plan = |ranks: &str, gib: &str| {
+        let args = [
+            "info",
+            "--model",
+            &model,
+            "--world-size",
+            ranks,
+            "--gpu-memory",
+            gib,
+        ];
+        let text = dsv3(&args);
+        assert!(text.status.success(), "{}", stderr(&text));
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        let v = stdout_json(&dsv3(&[&args[..], &["--json"]].concat()));
+        (v["memory_plan"]["fits"].as_bool().unwrap(), text)
+    };
+    let (fits, text) = plan("8", "141");
+    assert!(fits && text.contains("fits: yes, KV cache for "), "{text}");
+    assert!(text.contains("all-to-all") && text.contains("on paper, not measured"));
+    let (fits, text) = plan("8", "80");
+    assert!(
+        !fits && text.contains("does not fit: weights need 99.1 GiB of 80.0 GiB per rank"),
+        "{text}"
+    );
+    let (fits, text) = plan("16", "80");
+    assert!(fits && text.contains("fits: yes"), "{text}");
+}

@@ -11,6 +11,7 @@ use super::load::{load_config, load_model, parse_ids, BUILTIN_NOTE};
 use super::{Command, ModelArgs, SamplingArgs};
 use crate::engine::{Generation, Request};
 use crate::error::{ModelError, Result};
+use crate::memory_plan::{self, AllToAll, MemoryPlan, WeightKind};
 use crate::speculative::{self, Drafter, SpecConfig};
 use crate::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use crate::ModelConfig;
@@ -52,7 +53,21 @@ pub fn run(command: Command) -> Result<()> {
             file,
             context,
         } => perplexity(&model, &file, context),
-        Command::Info { model, json } => info(model.as_deref(), json),
+        Command::Info {
+            model,
+            json,
+            world_size,
+            gpu_memory,
+            batch_per_rank,
+        } => info(
+            model.as_deref(),
+            json,
+            &Deployment {
+                world_size,
+                gpu_memory,
+                batch_per_rank,
+            },
+        ),
         Command::Bench {
             model,
             prompt_len,
@@ -436,8 +451,21 @@ fn perplexity(m: &ModelArgs, file: &Path, context: Option<usize>) -> Result<()> 
     Ok(())
 }
 
-fn info(dir: Option<&Path>, as_json: bool) -> Result<()> {
+/// The deployment `info` plans for (its `--world-size`, `--gpu-memory`, `--batch-per-rank`).
+struct Deployment {
+    world_size: usize,
+    gpu_memory: Option<f64>,
+    batch_per_rank: usize,
+}
+
+fn info(dir: Option<&Path>, as_json: bool, deployment: &Deployment) -> Result<()> {
     let cfg = load_config(dir)?;
+    let gpu_memory = deployment
+        .gpu_memory
+        .map(memory_plan::gpu_memory_bytes)
+        .transpose()?;
+    let plan = MemoryPlan::new(&cfg, deployment.world_size, gpu_memory)?;
+    let all_to_all = AllToAll::new(&cfg, deployment.world_size, deployment.batch_per_rank)?;
     let p = cfg.param_counts();
     let source = dir.map_or_else(|| BUILTIN_NOTE.to_string(), |d| d.display().to_string());
     let value = json!({
@@ -463,6 +491,8 @@ fn info(dir: Option<&Path>, as_json: bool) -> Result<()> {
         "params_mtp": p.mtp_total,
         "kv_bytes_per_token_bf16": cfg.kv_bytes_per_token(),
         "kv_bytes_per_token_fp8": cfg.kv_bytes_per_token_per_layer_fp8() * cfg.num_hidden_layers,
+        "memory_plan": plan.to_json(),
+        "all_to_all": all_to_all.to_json(),
     });
     if as_json {
         println!("{value}");
@@ -504,7 +534,105 @@ fn info(dir: Option<&Path>, as_json: bool) -> Result<()> {
         "vocab, context  {} tokens, {} positions",
         cfg.vocab_size, cfg.max_position_embeddings
     );
+    print_memory_plan(&cfg, &plan);
+    if plan.world_size > 1 {
+        print_all_to_all(&all_to_all);
+    }
     Ok(())
+}
+
+/// The text form of `info`'s memory plan.
+fn print_memory_plan(cfg: &ModelConfig, plan: &MemoryPlan) {
+    let gib = memory_plan::gib;
+    if cfg.n_routed_experts > 0 {
+        println!(
+            "deployment      {}, expert parallel: {} of {} routed experts per rank, everything \
+             else replicated",
+            ranks(plan.world_size),
+            plan.routed_experts_per_rank,
+            cfg.n_routed_experts
+        );
+    } else {
+        println!(
+            "deployment      {}, no routed experts: every rank a full replica",
+            ranks(plan.world_size)
+        );
+    }
+    let storage = if cfg.quantization.is_some() {
+        "FP8 linear weights + f32 block scales, the rest BF16"
+    } else {
+        "BF16"
+    };
+    // One unit for the whole table: GiB, or MiB for a model under 1 GiB per rank.
+    let (unit, per_unit) = if plan.weights.total() >= memory_plan::GIB {
+        ("GiB", memory_plan::GIB as f64)
+    } else {
+        ("MiB", (1u64 << 20) as f64)
+    };
+    println!(
+        "weights/rank    {:.2} {unit} ({storage}, as the checkpoint stores them)",
+        plan.weights.total() as f64 / per_unit
+    );
+    for kind in WeightKind::ALL {
+        println!(
+            "  {:<26}{:>9.2} {unit}",
+            kind.label(),
+            plan.weights.get(kind) as f64 / per_unit
+        );
+    }
+    println!(
+        "workspace       {:.2} GiB reserved ({} GiB CUDA context and libraries + {} tokens x {:.2} \
+         MiB of activations)",
+        gib(plan.workspace_bytes),
+        gib(memory_plan::CONTEXT_RESERVE_BYTES),
+        memory_plan::MAX_FORWARD_TOKENS,
+        memory_plan::activation_bytes_per_token(cfg) as f64 / (1 << 20) as f64
+    );
+    println!(
+        "KV entry        {} bytes/token BF16 ({} layers, MTP included)",
+        plan.kv_bytes_per_token,
+        cfg.num_layers_total()
+    );
+    match plan.fit() {
+        Some(fit) => println!("{fit}"),
+        None => println!(
+            "KV budget       needs --gpu-memory GiB (one GPU's memory): weights and workspace \
+             take {:.2} GiB per rank",
+            gib(plan.weights.total() + plan.workspace_bytes)
+        ),
+    }
+}
+
+fn ranks(n: usize) -> String {
+    if n == 1 {
+        "1 rank".into()
+    } else {
+        format!("{n} ranks")
+    }
+}
+
+/// The text form of `info`'s all-to-all traffic (on paper).
+fn print_all_to_all(a: &AllToAll) {
+    println!(
+        "all-to-all      per rank per decode step, {} tokens per rank, {} MoE layers: dispatch \
+         {} B FP8 rows, combine {} B BF16 rows, one per (token, remote rank)",
+        a.batch_per_rank, a.moe_layers, a.dispatch_row_bytes, a.combine_row_bytes
+    );
+    let cases = [
+        ("worst", a.worst_remote_ranks as f64, a.worst_bytes()),
+        ("expected", a.expected_remote_ranks, a.expected_bytes()),
+    ];
+    for (name, ranks, bytes) in cases {
+        println!(
+            "  {name:<9}{ranks:>5.2} remote ranks/token {:>9.1} MB: {:>8.1} us over {}, {:>8.1} us \
+             over {} (on paper, not measured)",
+            bytes / 1e6,
+            memory_plan::micros(bytes, memory_plan::NVLINK),
+            memory_plan::NVLINK.name,
+            memory_plan::micros(bytes, memory_plan::INFINIBAND),
+            memory_plan::INFINIBAND.name
+        );
+    }
 }
 
 fn bench(

@@ -132,12 +132,25 @@ pub enum Command {
         #[arg(long)]
         context: Option<usize>,
     },
-    /// Config summary, parameter counts and KV bytes per token (reads config.json only).
+    /// Config summary, parameter counts, KV bytes per token and the per-rank memory plan of an
+    /// expert-parallel deployment (reads config.json only).
     Info {
         #[arg(long)]
         model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Ranks (GPUs) of the deployment: attention, dense MLPs, shared experts, embedding, LM
+        /// head and MTP replicated on each, the routed experts split evenly (must divide
+        /// n_routed_experts).
+        #[arg(long, default_value_t = 1)]
+        world_size: usize,
+        /// Memory of one GPU in GiB (2^30 bytes): with it, whether the model fits and how many
+        /// tokens of KV cache a rank holds.
+        #[arg(long)]
+        gpu_memory: Option<f64>,
+        /// Tokens each rank decodes per step, for the all-to-all bytes (--world-size > 1).
+        #[arg(long, default_value_t = 32)]
+        batch_per_rank: usize,
     },
     /// Prefill and decode tokens/s; with --mtp-cost the cost of MTP verify steps.
     Bench {
