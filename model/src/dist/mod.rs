@@ -15,7 +15,8 @@
 //! Results do not depend on the world size, bit for bit: every linear layer of a rank runs
 //! row-invariantly (a row's output does not depend on the other rows it is multiplied with), the
 //! exchange moves values without rounding them, and the owner sums a token's expert outputs in
-//! increasing expert id. CI proves it with worlds of 1, 2, 4 and 8 ([`CpuWorld`]).
+//! increasing expert id (`docs/spec.md` §3.5). CI proves it with worlds of 1, 2, 4 and 8
+//! ([`CpuWorld`]).
 //!
 //! Ranks step together: a rank without work in a step still joins every layer's exchange with
 //! zero rows ([`rank`]'s step protocol), and a failing rank leaves the world, which turns its
