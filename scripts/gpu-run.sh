@@ -101,11 +101,24 @@ case ${1:-} in
   session)
     out=${2:?usage: gpu-run.sh session OUT_DIR}
     mkdir -p "$out"
+    # On the GPU machine a skip is a failure: a run that lost its device must not look green.
+    export DSV3_REQUIRE_GPU=1
     status=0
-    "$bin" verify --json "$out/verify.json" || status=1
+    # Each phase's wall time goes to stdout and $out/phases.txt, so the next session can size
+    # its device time (the whole session should stay within 9 minutes on one H100).
+    phase() {
+      local name=$1 t0=$SECONDS rc=0
+      shift
+      "$@" || rc=$?
+      printf 'phase %-8s %4d s  exit %d\n' "$name" $((SECONDS - t0)) "$rc" | tee -a "$out/phases.txt"
+      [[ $rc == 0 ]] || status=1
+    }
+    : >"$out/phases.txt"
+    phase verify "$bin" verify --json "$out/verify.json"
     # bench --all also runs the model end to end (the full-width synthetic model and the MTP
     # step costs) in the same process, writing their reports under $out/bench/.
-    "$bin" bench --all --out "$out/bench" || status=1
+    phase bench "$bin" bench --all --out "$out/bench"
+    printf 'phase %-8s %4d s\n' total "$SECONDS" | tee -a "$out/phases.txt"
     exit $status
     ;;
 esac

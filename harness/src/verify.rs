@@ -11,7 +11,8 @@ pub struct VerifyArgs {
     /// Fewer and smaller cases (a minute-scale smoke run).
     #[arg(long)]
     pub quick: bool,
-    /// Fail (exit 2) instead of skipping when no CUDA device can be used.
+    /// Fail (exit 2) instead of skipping when no CUDA device can be used (also with
+    /// `DSV3_REQUIRE_GPU=1` in the environment).
     #[arg(long)]
     pub require_gpu: bool,
     /// Also write every row as JSON to this file.
@@ -82,8 +83,11 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
         }
         Outcome::NoGpu(why) => {
             println!("skipped: no CUDA device: {why}");
-            if args.require_gpu {
-                eprintln!("verify: --require-gpu was given and no CUDA device can be used");
+            if args.require_gpu || kernels::gpu_required() {
+                eprintln!(
+                    "verify: --require-gpu (or {}=1) was given and no CUDA device can be used",
+                    kernels::REQUIRE_GPU_VAR
+                );
                 ExitCode::from(NO_GPU_EXIT)
             } else {
                 ExitCode::SUCCESS

@@ -44,3 +44,31 @@ fn known_suites_are_accepted() {
         assert_eq!(rows_of("moe-dispatch "), 0, "{text}");
     }
 }
+
+/// `DSV3_REQUIRE_GPU=1` turns a missing device into a failure (exit 2), the way `--require-gpu`
+/// does: a GPU session that lost its device must not pass by skipping.
+#[test]
+fn require_gpu_variable_fails_without_a_device() {
+    if kernels::EMULATED {
+        // The interpreter build runs only with --emulate, on its always-present device.
+        kernels::report_note(
+            "require_gpu_variable_fails_without_a_device",
+            "not applicable to the interpreter build",
+        );
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["verify", "--quick", "--suite", "kernels"])
+        .env(kernels::REQUIRE_GPU_VAR, "1")
+        .output()
+        .expect("the harness binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("skipped: no CUDA device") {
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("DSV3_REQUIRE_GPU=1"), "{err}");
+    } else {
+        // A machine with a GPU runs the suite.
+        assert!(out.status.success(), "{text}");
+    }
+}

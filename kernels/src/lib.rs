@@ -62,9 +62,32 @@ pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
 /// stages) when this is true, and keep their real-GPU shapes otherwise.
 pub const EMULATED: bool = cfg!(feature = "emulate");
 
+/// The environment variable that turns every skipped GPU test into a failure: set
+/// `DSV3_REQUIRE_GPU=1` on a machine that has a GPU, so a test that would otherwise skip (no
+/// device found, a driver that does not load, a build without `--features cuda`) fails loudly
+/// instead of passing in silence. `harness verify` treats it as `--require-gpu`.
+pub const REQUIRE_GPU_VAR: &str = "DSV3_REQUIRE_GPU";
+
+/// Whether [`REQUIRE_GPU_VAR`] is set to a true value (`1`, `true`, `yes`).
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_VAR)
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}
+
 /// Prints a line that stays visible under `cargo test` (libtest captures `println!`, not direct
-/// writes to the stderr handle): GPU tests use it to say they were skipped and why.
+/// writes to the stderr handle): GPU tests use it to say they were skipped for want of a GPU.
+/// With [`REQUIRE_GPU_VAR`] set it panics instead, naming the test and the reason.
 pub fn report_skip(test: &str, why: &str) {
+    if gpu_required() {
+        panic!("{test}: would skip ({why}), but {REQUIRE_GPU_VAR}=1 requires a GPU");
+    }
+    report_note(test, &format!("skipped: {why}"));
+}
+
+/// Prints `<test>: <note>` visibly under `cargo test`: for a part of a test or bench left out
+/// for a reason other than a missing GPU (a missing optional library, say), which
+/// [`REQUIRE_GPU_VAR`] does not turn into a failure.
+pub fn report_note(test: &str, note: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+    let _ = writeln!(std::io::stderr(), "{test}: {note}");
 }

@@ -51,7 +51,7 @@ fn benches(c: &mut Criterion) {
                     describe_peer,
                     mla_attention::cases::peer_gpu_runner,
                 ),
-                Some(why) => kernels::report_skip("mla_decode peer", &why),
+                Some(why) => kernels::report_note("mla_decode peer", &format!("skipped: {why}")),
             }
         },
         |c| {
