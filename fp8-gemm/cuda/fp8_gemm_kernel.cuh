@@ -292,7 +292,7 @@ __device__ __forceinline__ void fp8_gemm_body(const CUtensorMap* tmap_a, const C
       const int sa_row = kKind == GemmKind::kGroupedMasked ? tile.group * k_blocks : 0;
       const int b_row = tile.group * n + tile.n_block * static_cast<int>(BN);
       for (int kb = 0; kb < k_blocks; ++kb) {
-        dsv3::mbar_wait(&empty_bar[stage], phase ^ 1u);
+        dsv3::mbar_wait(&empty_bar[stage], phase ^ 1u, "fp8_gemm TMA producer (empty slot)");
         uint64_t* bar = &full_bar[stage];
         dsv3::mbar_arrive_expect_tx(bar, Cfg::kTxBytes);
         const int k0 = kb * static_cast<int>(kBlockK);
@@ -354,7 +354,7 @@ __device__ __forceinline__ void fp8_gemm_body(const CUtensorMap* tmap_a, const C
       const float sb = sb_next;
       if (kb + 1 < k_blocks) sb_next = __ldg(sb_row + kb + 1);
 
-      dsv3::mbar_wait(&full_bar[stage], phase);
+      dsv3::mbar_wait(&full_bar[stage], phase, "fp8_gemm wgmma consumer (full slot)");
 
       // A scales of this thread's two rows, read before the stage is released (the producer
       // refills the stage once all 8 warps arrived on empty).

@@ -132,7 +132,7 @@ extern "C" __global__ void hopper_bulk_copy_selftest(const float* src, float* ds
     dsv3::mbar_arrive_expect_tx(&bar, bytes);
     dsv3::bulk_copy_g2s(buf, src, bytes, &bar);
   }
-  dsv3::mbar_wait(&bar, 0);
+  dsv3::mbar_wait(&bar, 0, __func__);
 
   for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] *= 2.0f;
   dsv3::fence_proxy_async_shared();  // our generic stores -> visible to the bulk store's reads
@@ -169,7 +169,7 @@ extern "C" __global__ void hopper_tma_tile_selftest(const __grid_constant__ CUte
     dsv3::mbar_arrive_expect_tx(&bar, kTile * kTile * sizeof(__nv_bfloat16));
     dsv3::tma_load_2d(tile, &src_map, &bar, col0, row0);
   }
-  dsv3::mbar_wait(&bar, 0);
+  dsv3::mbar_wait(&bar, 0, __func__);
 
   for (int idx = threadIdx.x; idx < kTile * kTile; idx += blockDim.x) {
     const int r = idx / kTile;

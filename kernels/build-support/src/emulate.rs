@@ -99,6 +99,9 @@ fn common_build(workspace: &Path, cuda_include: &Path) -> cc::Build {
         .include(workspace.join("kernels").join("include"))
         .include(cuda_include)
         .include(cuda_include.join("cccl"));
+    if crate::bounded_waits() {
+        b.define("DSV3_BOUNDED_WAITS", None);
+    }
     b
 }
 

@@ -8,7 +8,9 @@
 //! nvcc is looked up in this order: `$NVCC`, `$CUDA_HOME/bin/nvcc`, the repo's own `.cuda/bin/nvcc`
 //! (installed by `scripts/install-cuda-toolchain.sh`), then `nvcc` on `PATH`.
 //! Set `DSV3_PTXAS_VERBOSE=1` to get ptxas' register / shared-memory / spill report per kernel as
-//! cargo warnings.
+//! cargo warnings. Set `DSV3_BOUNDED_WAITS=1` for a debug build of the kernels whose spin waits
+//! give up: a wait that never completes prints where it was stuck and traps, instead of hanging
+//! the device (`-DDSV3_BOUNDED_WAITS`, see `dsv3/hopper.cuh`).
 //!
 //! With the `emulate` feature (the interpreter build; it wins over `cuda`) the same sources are
 //! compiled as host C++ instead and linked into the binary, with a kernel table per file that the
@@ -46,6 +48,7 @@ pub fn build_crate_kernels() {
         "NVCC",
         "CUDA_HOME",
         "DSV3_PTXAS_VERBOSE",
+        "DSV3_BOUNDED_WAITS",
         "CARGO_FEATURE_CUDA",
         "CARGO_FEATURE_EMULATE",
     ] {
@@ -143,6 +146,9 @@ fn compile(nvcc: &Path, src: &Path, out: &Path, include_dir: &Path, verbose: boo
     if verbose {
         cmd.args(["-Xptxas", "-v"]);
     }
+    if bounded_waits() {
+        cmd.arg("-DDSV3_BOUNDED_WAITS");
+    }
     let output = cmd.output().unwrap_or_else(|e| {
         fail(&format!(
             "cannot run {}: {e}. {INSTALL_HINT}",
@@ -164,6 +170,11 @@ fn compile(nvcc: &Path, src: &Path, out: &Path, include_dir: &Path, verbose: boo
             src.file_name().unwrap().to_string_lossy()
         );
     }
+}
+
+/// Whether `DSV3_BOUNDED_WAITS` asks for kernels whose spin waits give up.
+pub(crate) fn bounded_waits() -> bool {
+    env::var("DSV3_BOUNDED_WAITS").is_ok_and(|v| v != "0" && !v.is_empty())
 }
 
 fn write_manifest(out_dir: &Path, entries: &[Entry]) {

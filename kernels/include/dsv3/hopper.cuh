@@ -129,11 +129,40 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
 #endif
 }
 
+// Polls of one wait before a bounded-waits build gives up. Each failed try_wait already
+// suspends the thread for a hardware time limit, so this is seconds of waiting: far beyond any
+// legitimate wait inside one kernel, far below a host-side timeout.
+#ifndef DSV3_BOUNDED_WAIT_POLLS
+#define DSV3_BOUNDED_WAIT_POLLS (1u << 26)
+#endif
+
 // Blocks until the phase with parity `phase` (0 or 1) has completed. Data written by TMA / bulk
 // copies that complete_tx on this barrier is visible to the caller afterwards.
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
+//
+// `where` names the waiter (kernel and role) for the debug build made with DSV3_BOUNDED_WAITS=1
+// in the environment of the cargo build: there a wait that never completes (a missing arrive, an
+// expect_tx byte count the copies never reach) prints `where`, the parity and the block / thread,
+// then traps, so a protocol error ends the launch with a message naming the kernel instead of
+// hanging the device until the host gives up. Debug only: the printf call makes ptxas serialize
+// the GEMM's wgmma pipeline (warning C7510), so time nothing with that build.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase,
+                                          const char* where = "mbar_wait") {
+#ifdef DSV3_BOUNDED_WAITS
+  uint32_t polls = 0;
+  while (!mbar_try_wait(bar, phase & 1u)) {
+    if (++polls == DSV3_BOUNDED_WAIT_POLLS) {
+      printf("dsv3 bounded wait: %s: mbarrier phase (parity %u) not complete after %u polls, "
+             "block (%d, %d, %d) thread %d: trapping\n",
+             where, phase & 1u, polls, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+             static_cast<int>(blockIdx.z), static_cast<int>(threadIdx.x));
+      __trap();
+    }
+  }
+#else
+  (void)where;
   while (!mbar_try_wait(bar, phase & 1u)) {
   }
+#endif
 }
 
 // mbarrier.inval.shared::cta.b64 — retires the barrier so its 8 bytes may be reused as ordinary

@@ -23,6 +23,7 @@ use half::bf16;
 use kernels::dtype::E4m3;
 use kernels::reference::fp8_quant::Fp8Activations;
 use kernels::reference::{quantize_fp8, ScaleLayout};
+use moe_dispatch::ep::ExpertPlacement;
 
 use crate::cpu::forward::ExpertRows;
 use crate::cpu::weights::Moe;
@@ -103,6 +104,25 @@ fn get_f32s(bytes: &[u8], format: RowFormat, out: &mut Vec<f32>) {
     }
 }
 
+/// The sizes of one layer's exchange, the same on every rank.
+struct Wire {
+    hidden: usize,
+    top_k: usize,
+    input: RowFormat,
+    output: RowFormat,
+}
+
+impl Wire {
+    /// Bytes of one dispatched row: the token row, then its K expert ids.
+    fn in_row(&self) -> usize {
+        self.input.row_bytes(self.hidden) + 4 * self.top_k
+    }
+
+    fn out_row(&self) -> usize {
+        self.output.row_bytes(self.hidden)
+    }
+}
+
 /// This rank's side of one MoE layer's exchange. `x` is `[T, hidden]`, `ids` the routing
 /// `[T, K]` (global expert ids). Returns each `(t, k)` pair's expert output, `[T * K, hidden]`.
 pub fn moe_exchange(
@@ -112,66 +132,25 @@ pub fn moe_exchange(
     x: &[f32],
     ids: &[i32],
 ) -> Result<Vec<f32>> {
-    let hidden = ctx.cfg.hidden_size;
-    let top_k = moe.routing.top_k;
-    let placement = comm.placement();
-    let (rank, world) = (comm.rank(), comm.world_size());
-    let tokens = x.len() / hidden;
-    let local = placement.local_experts(rank);
+    let rank = comm.rank();
+    let local = comm.placement().local_experts(rank);
     if moe.experts.range() != local {
         return Err(ModelError::request(format!(
             "rank {rank} holds experts {:?} but the placement gives it {local:?}",
             moe.experts.range()
         )));
     }
-    let owner = |e: i32| placement.owner(e as usize);
-    let (in_fmt, out_fmt) = (input_format(ctx), output_format(ctx));
-    let in_row = in_fmt.row_bytes(hidden) + 4 * top_k;
-    let out_row = out_fmt.row_bytes(hidden);
+    let wire = Wire {
+        hidden: ctx.cfg.hidden_size,
+        top_k: moe.routing.top_k,
+        input: input_format(ctx),
+        output: output_format(ctx),
+    };
 
     // 1. Dispatch: each token once per destination holding one of its experts.
-    let mut dest_tokens: Vec<Vec<usize>> = vec![Vec::new(); world];
-    let mut pairs_to: Vec<usize> = vec![0; world];
-    for t in 0..tokens {
-        let mut seen = vec![false; world];
-        for &e in &ids[t * top_k..][..top_k] {
-            let d = owner(e);
-            pairs_to[d] += 1;
-            if !seen[d] {
-                seen[d] = true;
-                dest_tokens[d].push(t);
-            }
-        }
-    }
-    let quantized = match in_fmt {
-        RowFormat::Fp8 { ue8m0 } => Some(quantize_fp8(x, hidden, ue8m0, ScaleLayout::TokenMajor)?),
-        _ => None,
-    };
-    let send: Vec<Vec<u8>> = dest_tokens
-        .iter()
-        .enumerate()
-        .map(|(d, list)| {
-            let mut buf = Vec::with_capacity(list.len() * in_row);
-            for &t in list {
-                match &quantized {
-                    Some(a) => {
-                        let blocks = a.blocks();
-                        buf.extend(a.q[t * hidden..][..hidden].iter().map(|c| c.0));
-                        for s in &a.scales[t * blocks..][..blocks] {
-                            buf.extend_from_slice(&s.to_le_bytes());
-                        }
-                    }
-                    None => put_f32s(&mut buf, &x[t * hidden..][..hidden], in_fmt),
-                }
-                for &e in &ids[t * top_k..][..top_k] {
-                    let here = if owner(e) == d { e } else { -1 };
-                    buf.extend_from_slice(&here.to_le_bytes());
-                }
-            }
-            buf
-        })
-        .collect();
-    let counts: Vec<u64> = dest_tokens.iter().map(|l| l.len() as u64).collect();
+    let plan = Destinations::new(comm, ids, wire.top_k);
+    let send = pack_tokens(&plan, x, ids, &wire)?;
+    let counts: Vec<u64> = plan.tokens.iter().map(|l| l.len() as u64).collect();
     let recv_counts = comm.all_to_all_counts(&counts)?;
     let recv_len = recv_counts
         .iter()
@@ -179,7 +158,7 @@ pub fn moe_exchange(
         .map(|(p, &c)| {
             usize::try_from(c)
                 .ok()
-                .and_then(|c| c.checked_mul(in_row))
+                .and_then(|c| c.checked_mul(wire.in_row()))
                 .ok_or_else(|| {
                     ModelError::collective(format!(
                         "rank {rank}: rank {p} announced {c} rows, more than this rank can hold"
@@ -189,13 +168,105 @@ pub fn moe_exchange(
         .collect::<Result<Vec<usize>>>()?;
     let received = comm.all_to_all_bytes(&send, &recv_len)?;
 
-    // 2. The local experts on the received rows, pairs in (source, row, choice) order.
-    let n_local = local.len();
+    // 2. The local experts on what arrived; their outputs packed per source rank.
+    let back = serve_experts(comm, ctx, moe, &received, &wire)?;
+
+    // 3. Combine: every pair's output back to its token's owner.
+    let back_len: Vec<usize> = plan.pairs.iter().map(|&n| n * wire.out_row()).collect();
+    let returned = comm.all_to_all_bytes(&back, &back_len)?;
+    unpack_outputs(&plan, &returned, ids, &wire, rank)
+}
+
+/// Where this rank's tokens go: per destination rank, the tokens (increasing) with at least one
+/// expert there, and the number of (token, choice) pairs it holds.
+struct Destinations {
+    placement: ExpertPlacement,
+    tokens: Vec<Vec<usize>>,
+    pairs: Vec<usize>,
+}
+
+impl Destinations {
+    fn new(comm: &RankComm, ids: &[i32], top_k: usize) -> Self {
+        let placement = *comm.placement();
+        let world = comm.world_size();
+        let owner = |e: i32| placement.owner(e as usize);
+        let mut tokens: Vec<Vec<usize>> = vec![Vec::new(); world];
+        let mut pairs = vec![0; world];
+        for (t, choices) in ids.chunks_exact(top_k).enumerate() {
+            let mut seen = vec![false; world];
+            for &e in choices {
+                let d = owner(e);
+                pairs[d] += 1;
+                if !seen[d] {
+                    seen[d] = true;
+                    tokens[d].push(t);
+                }
+            }
+        }
+        Destinations {
+            placement,
+            tokens,
+            pairs,
+        }
+    }
+
+    /// The rank holding global expert `e`.
+    fn owner(&self, e: i32) -> usize {
+        self.placement.owner(e as usize)
+    }
+}
+
+/// The dispatch buffers, one per destination: each token's row in the wire's input format, then
+/// its K expert ids (`-1` where the expert is elsewhere).
+fn pack_tokens(plan: &Destinations, x: &[f32], ids: &[i32], wire: &Wire) -> Result<Vec<Vec<u8>>> {
+    let (hidden, top_k) = (wire.hidden, wire.top_k);
+    let quantized = match wire.input {
+        RowFormat::Fp8 { ue8m0 } => Some(quantize_fp8(x, hidden, ue8m0, ScaleLayout::TokenMajor)?),
+        _ => None,
+    };
+    Ok(plan
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(d, list)| {
+            let mut buf = Vec::with_capacity(list.len() * wire.in_row());
+            for &t in list {
+                match &quantized {
+                    Some(a) => {
+                        let blocks = a.blocks();
+                        buf.extend(a.q[t * hidden..][..hidden].iter().map(|c| c.0));
+                        for s in &a.scales[t * blocks..][..blocks] {
+                            buf.extend_from_slice(&s.to_le_bytes());
+                        }
+                    }
+                    None => put_f32s(&mut buf, &x[t * hidden..][..hidden], wire.input),
+                }
+                for &e in &ids[t * top_k..][..top_k] {
+                    let here = if plan.owner(e) == d { e } else { -1 };
+                    buf.extend_from_slice(&here.to_le_bytes());
+                }
+            }
+            buf
+        })
+        .collect())
+}
+
+/// Runs this rank's experts on the rows `received[p]` from every rank `p` (pairs in (source,
+/// row, choice) order) and packs, per source, the outputs in that same order.
+fn serve_experts(
+    comm: &RankComm,
+    ctx: &Context,
+    moe: &Moe,
+    received: &[Vec<u8>],
+    wire: &Wire,
+) -> Result<Vec<Vec<u8>>> {
+    let (rank, hidden) = (comm.rank(), wire.hidden);
+    let local = comm.placement().local_experts(rank);
+    let (in_row, payload) = (wire.in_row(), wire.input.row_bytes(hidden));
     // Per local expert: (source rank, row) of each of its rows; per source: (expert, index in
     // that expert's rows) of each pair, in the order the outputs go back.
-    let mut expert_rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n_local];
-    let mut returns: Vec<Vec<(usize, usize)>> = vec![Vec::new(); world];
-    let payload = in_fmt.row_bytes(hidden);
+    let mut expert_rows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); local.len()];
+    let mut returns: Vec<Vec<(usize, usize)>> = vec![Vec::new(); received.len()];
     for (p, bytes) in received.iter().enumerate() {
         for (j, row) in bytes.chunks_exact(in_row).enumerate() {
             for id in row[payload..].chunks_exact(4) {
@@ -217,30 +288,37 @@ pub fn moe_exchange(
     }
     let inputs: Vec<ExpertRows> = expert_rows
         .iter()
-        .map(|rows| gather_rows(rows, &received, in_fmt, in_row, hidden))
+        .map(|rows| gather_rows(rows, received, wire.input, in_row, hidden))
         .collect();
     let outputs = moe.experts.run(ctx, &inputs)?;
-
-    // 3. Combine: every pair's output back to its token's owner.
-    let back: Vec<Vec<u8>> = returns
+    Ok(returns
         .iter()
         .map(|pairs| {
-            let mut buf = Vec::with_capacity(pairs.len() * out_row);
+            let mut buf = Vec::with_capacity(pairs.len() * wire.out_row());
             for &(le, i) in pairs {
-                put_f32s(&mut buf, &outputs[le][i * hidden..][..hidden], out_fmt);
+                put_f32s(&mut buf, &outputs[le][i * hidden..][..hidden], wire.output);
             }
             buf
         })
-        .collect();
-    let back_len: Vec<usize> = pairs_to.iter().map(|&n| n * out_row).collect();
-    let returned = comm.all_to_all_bytes(&back, &back_len)?;
-    let mut pair_out = vec![0.0f32; tokens * top_k * hidden];
+        .collect())
+}
+
+/// Puts every returned expert output at its `(t, k)` slot: `[T * K, hidden]`.
+fn unpack_outputs(
+    plan: &Destinations,
+    returned: &[Vec<u8>],
+    ids: &[i32],
+    wire: &Wire,
+    rank: usize,
+) -> Result<Vec<f32>> {
+    let (hidden, top_k) = (wire.hidden, wire.top_k);
+    let mut pair_out = vec![0.0f32; ids.len() * hidden];
     let mut row = Vec::with_capacity(hidden);
     for (d, bytes) in returned.iter().enumerate() {
-        let mut rows = bytes.chunks_exact(out_row);
-        for &t in &dest_tokens[d] {
+        let mut rows = bytes.chunks_exact(wire.out_row());
+        for &t in &plan.tokens[d] {
             for k in 0..top_k {
-                if owner(ids[t * top_k + k]) != d {
+                if plan.owner(ids[t * top_k + k]) != d {
                     continue;
                 }
                 let src = rows.next().ok_or_else(|| {
@@ -249,7 +327,7 @@ pub fn moe_exchange(
                     ))
                 })?;
                 row.clear();
-                get_f32s(src, out_fmt, &mut row);
+                get_f32s(src, wire.output, &mut row);
                 pair_out[(t * top_k + k) * hidden..][..hidden].copy_from_slice(&row);
             }
         }

@@ -45,6 +45,11 @@ impl RankBackend {
         &self.comm
     }
 
+    /// The rank's CPU backend in words (`cpu fp8 (2 threads)`), without its place in the world.
+    pub fn cpu_describe(&self) -> String {
+        self.cpu.describe()
+    }
+
     /// Waits for this rank's turn to run a step of `kind`, serving the other ranks' steps
     /// meanwhile.
     fn enter(&mut self, kind: StepKind) -> Result<()> {
@@ -99,7 +104,7 @@ impl Backend for RankBackend {
     fn describe(&self) -> String {
         format!(
             "{}, rank {} of {}",
-            self.cpu.describe(),
+            self.cpu_describe(),
             self.comm.rank(),
             self.comm.world_size()
         )

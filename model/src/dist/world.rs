@@ -138,12 +138,10 @@ impl CpuWorld {
     }
 
     pub fn describe(&self) -> String {
-        use crate::engine::Backend;
         let b = self.ranks[0].backend();
-        let desc = b.describe();
         format!(
             "{}, world of {} (experts {} per rank)",
-            desc.split(", rank").next().unwrap_or_default(),
+            b.cpu_describe(),
             self.ranks.len(),
             b.comm().placement().experts_per_rank()
         )
