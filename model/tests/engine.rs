@@ -292,3 +292,68 @@ fn bad_token_draws_name_the_problem() {
     let err = backend.forward_and_sample(&seqs, &[bad_top_p]).unwrap_err();
     assert!(err.to_string().contains("top_p"), "{err}");
 }
+
+/// The MHA form of prefill (sequences with at least `MHA_MIN_NEW_TOKENS` new tokens, exact
+/// precision) computes what the absorbed form does, to f32 rounding: in a batch that mixes the
+/// two forms, and in a chunked prefill whose second chunk attends over the first's cache.
+#[test]
+fn mha_prefill_matches_the_absorbed_form() {
+    use model::cpu::mha::MHA_MIN_NEW_TOKENS;
+
+    let mut absorbed = tiny_model(Precision::Exact);
+    absorbed.set_mha_min_new_tokens(usize::MAX);
+    let mha = tiny_model(Precision::Exact);
+    let long = prompt(MHA_MIN_NEW_TOKENS + 37, 3);
+    let short = prompt(9, 4);
+    let check = |what: &str, got: &[f32], want: &[f32]| {
+        let rel = rel_frobenius(got, want);
+        assert!(rel < 1e-5, "{what}: relative error {rel:e}");
+    };
+
+    // One long prompt (MHA) and one short one (absorbed) in the same call.
+    let run = |m: &model::cpu::CpuModel| {
+        let mut cache = m.new_cache(8).unwrap();
+        let seqs = [
+            SeqChunk {
+                ids: &long,
+                start: 0,
+                blocks: &[0, 1],
+            },
+            SeqChunk {
+                ids: &short,
+                start: 0,
+                blocks: &[2],
+            },
+        ];
+        m.forward_hidden(&seqs, &mut cache).unwrap()
+    };
+    check("mixed batch", &run(&mha), &run(&absorbed));
+
+    // Chunked prefill: 100 tokens, then 80 more over the first chunk's cache.
+    let chunks = prompt(180, 5);
+    let chunked = |m: &model::cpu::CpuModel| {
+        let mut cache = m.new_cache(4).unwrap();
+        let blocks = [3, 0, 2];
+        let first = SeqChunk {
+            ids: &chunks[..100],
+            start: 0,
+            blocks: &blocks,
+        };
+        let second = SeqChunk {
+            ids: &chunks[100..],
+            start: 100,
+            blocks: &blocks,
+        };
+        let mut h = m.forward_hidden(&[first], &mut cache).unwrap();
+        h.extend(m.forward_hidden(&[second], &mut cache).unwrap());
+        h
+    };
+    let (got, want) = (chunked(&mha), chunked(&absorbed));
+    check("chunked prefill", &got, &want);
+
+    // fp8 precision mirrors the CUDA backend's absorbed form whatever the threshold.
+    let mut fp8_absorbed = tiny_model(Precision::Fp8);
+    fp8_absorbed.set_mha_min_new_tokens(usize::MAX);
+    let fp8 = tiny_model(Precision::Fp8);
+    assert_eq!(run(&fp8), run(&fp8_absorbed));
+}

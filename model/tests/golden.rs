@@ -39,15 +39,34 @@ const FP8_MIN_COSINE: f64 = 0.95;
 const FP8_MIN_ARGMAX_AGREEMENT: f64 = 0.85;
 
 fn engine(dir: &Path, precision: Precision) -> Engine<CpuBackend> {
+    engine_with_mha_from(dir, precision, model::cpu::mha::MHA_MIN_NEW_TOKENS)
+}
+
+/// An engine whose exact prefill takes the MHA form from `mha_min_new_tokens` new tokens on.
+fn engine_with_mha_from(
+    dir: &Path,
+    precision: Precision,
+    mha_min_new_tokens: usize,
+) -> Engine<CpuBackend> {
     let ckpt = Checkpoint::open(dir).unwrap();
-    let model = CpuModel::load(&ckpt, precision).unwrap();
+    let mut model = CpuModel::load(&ckpt, precision).unwrap();
+    model.set_mha_min_new_tokens(mha_min_new_tokens);
     Engine::new(CpuBackend::new(model, 8).unwrap()).unwrap()
 }
 
+/// Both attention forms against the goldens: the absorbed form (every call, as decode runs it)
+/// and the MHA form (every call, as long prefills run it; the goldens' prompts are shorter
+/// than the default threshold).
 fn check_exact(name: &str) {
+    for (form, from) in [("absorbed", usize::MAX), ("mha", 1)] {
+        check_exact_form(name, form, from);
+    }
+}
+
+fn check_exact_form(name: &str, form: &str, mha_from: usize) {
     let dir = fixture(name);
     let goldens = load_goldens(&dir);
-    let mut e = engine(&dir, Precision::Exact);
+    let mut e = engine_with_mha_from(&dir, Precision::Exact, mha_from);
     let vocab = e.config().vocab_size;
     let mut worst = 0.0f64;
     for (p, g) in goldens.prompts.iter().enumerate() {
@@ -63,16 +82,16 @@ fn check_exact(name: &str) {
             worst = worst.max(rel);
             assert!(
                 rel < EXACT_REL_TOL,
-                "{name} prompt {p} position {pos}: relative error {rel:e}"
+                "{name} ({form}) prompt {p} position {pos}: relative error {rel:e}"
             );
             assert_eq!(
                 argmax(g),
                 argmax(w),
-                "{name} prompt {p} position {pos}: argmax"
+                "{name} ({form}) prompt {p} position {pos}: argmax"
             );
         }
     }
-    eprintln!("{name}: exact logits, worst relative error {worst:.2e}");
+    eprintln!("{name}: exact logits ({form} attention), worst relative error {worst:.2e}");
 }
 
 fn check_fp8(name: &str) {

@@ -112,7 +112,7 @@ pub struct CacheView<'a> {
 }
 
 impl CacheView<'_> {
-    fn entry(&self, p: usize) -> &[f32] {
+    pub(crate) fn entry(&self, p: usize) -> &[f32] {
         &self.cache[entry_index(self.blocks, p) * self.width..][..self.width]
     }
 }

@@ -13,6 +13,7 @@ use crate::error::Result;
 
 use super::attention::{absorb_output, absorb_query, attend_token, entry_index, CacheView};
 use super::linear::{round_bf16, Linear};
+use super::mha::mha_attention;
 use super::weights::{Attention, DecoderLayer, Ffn, Mlp, Moe, QueryProj};
 use super::Precision;
 
@@ -45,6 +46,9 @@ pub struct Context<'a> {
     /// This rank's place in an expert-parallel world: MoE layers send their tokens to the ranks
     /// that hold the chosen experts. `None`: every expert is local.
     pub ep: Option<&'a RankComm>,
+    /// A sequence with at least this many new tokens takes the MHA form of attention in exact
+    /// precision ([`super::mha::MHA_MIN_NEW_TOKENS`]; `usize::MAX`: never).
+    pub mha_min_new_tokens: usize,
 }
 
 impl Context<'_> {
@@ -65,6 +69,12 @@ impl Context<'_> {
 
     fn dims(&self) -> MlaDims {
         mla_dims(self.cfg)
+    }
+
+    /// Whether a sequence with `new_tokens` new tokens takes the MHA form (spec §3.1): exact
+    /// precision only, since fp8 mirrors the CUDA backend, which runs the absorbed form.
+    pub fn mha_prefill(&self, new_tokens: usize) -> bool {
+        self.precision == Precision::Exact && new_tokens >= self.mha_min_new_tokens
     }
 
     /// `y = x W^T` as this call multiplies: row-invariant in a distributed world.
@@ -171,16 +181,79 @@ impl Attention {
             }
         }
 
-        // Absorbed queries [tokens, H, d_c] = W_UK^T q_nope (q_pe stays in `q`).
-        let mut q_lat = absorb_query(&dims, &q, &self.kv_b_f32);
-        ctx.store(&mut q_lat);
-
-        // Attention of every token's heads, causal over its own sequence.
+        // Every token's query position; then the attention output [tokens, H, d_v] in the
+        // form each sequence takes: MHA for a long enough chunk in exact precision, else
+        // absorbed.
         let mut owner = Vec::with_capacity(tokens);
         for (i, s) in seqs.iter().enumerate() {
             owner.extend((s.start..s.start + s.ids.len()).map(|p| (i, p)));
         }
         let cache: &[f32] = cache;
+        let takes_mha = |s: &SeqChunk| ctx.mha_prefill(s.ids.len());
+        let mut o = if seqs.iter().any(takes_mha) {
+            let d_v = dims.v_head_dim;
+            let absorbed_rows: Vec<usize> = (0..tokens)
+                .filter(|&t| !takes_mha(&seqs[owner[t].0]))
+                .collect();
+            let mut o = vec![0.0f32; tokens * heads * d_v];
+            if !absorbed_rows.is_empty() {
+                let rows_of = |x: &[f32], w: usize| -> Vec<f32> {
+                    absorbed_rows
+                        .iter()
+                        .flat_map(|&t| &x[t * w..][..w])
+                        .copied()
+                        .collect()
+                };
+                let q_rows = rows_of(&q, heads * q_head);
+                let owners: Vec<(usize, usize)> = absorbed_rows.iter().map(|&t| owner[t]).collect();
+                let part = self.absorbed(ctx, &q_rows, &owners, seqs, cache);
+                for (&t, row) in absorbed_rows.iter().zip(part.chunks_exact(heads * d_v)) {
+                    o[t * heads * d_v..][..heads * d_v].copy_from_slice(row);
+                }
+            }
+            let mut row0 = 0;
+            for s in seqs {
+                let n = s.ids.len();
+                if takes_mha(s) {
+                    let kv = CacheView {
+                        cache,
+                        blocks: s.blocks,
+                        len: s.start + n,
+                        width,
+                    };
+                    let q_rows = &q[row0 * heads * q_head..][..n * heads * q_head];
+                    let part = mha_attention(&dims, q_rows, &kv, &self.kv_b_f32, ctx.softmax_scale);
+                    o[row0 * heads * d_v..][..n * heads * d_v].copy_from_slice(&part);
+                }
+                row0 += n;
+            }
+            o
+        } else {
+            self.absorbed(ctx, &q, &owner, seqs, cache)
+        };
+        ctx.store(&mut o);
+        ctx.linear(&self.o, &o)
+    }
+
+    /// The absorbed form (the decode path) for the queries `q` `[rows, H, d_nope + d_rope]`
+    /// (RoPE applied) of the tokens `owner[r] = (sequence, position)`, each causal over its own
+    /// sequence's cache: the attention output `[rows, H, d_v]` before `o_proj`.
+    fn absorbed(
+        &self,
+        ctx: &Context,
+        q: &[f32],
+        owner: &[(usize, usize)],
+        seqs: &[SeqChunk],
+        cache: &[f32],
+    ) -> Vec<f32> {
+        let dims = ctx.dims();
+        let (heads, d_c) = (dims.heads, dims.kv_lora_rank);
+        let (d_nope, d_rope) = (dims.qk_nope_head_dim, dims.qk_rope_head_dim);
+        let (q_head, width) = (d_nope + d_rope, d_c + d_rope);
+        let tokens = owner.len();
+        // Absorbed queries [tokens, H, d_c] = W_UK^T q_nope (q_pe stays in `q`).
+        let mut q_lat = absorb_query(&dims, q, &self.kv_b_f32);
+        ctx.store(&mut q_lat);
         let mut o_lat = vec![0.0f32; tokens * heads * d_c];
         o_lat
             .par_chunks_exact_mut(heads * d_c)
@@ -203,9 +276,7 @@ impl Attention {
                 attend_token(heads, lat, &q_pe, &kv, ctx.softmax_scale, bf16_p, out);
             });
         ctx.store(&mut o_lat);
-        let mut o = absorb_output(&dims, &o_lat, &self.w_uv_t);
-        ctx.store(&mut o);
-        ctx.linear(&self.o, &o)
+        absorb_output(&dims, &o_lat, &self.w_uv_t)
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod forward;
 pub mod linear;
+pub mod mha;
 pub mod mtp;
 pub mod ordered;
 pub mod row_invariant;
@@ -98,6 +99,8 @@ pub struct CpuModel {
     mtp: Vec<MtpWeights>,
     /// Set on a rank of a distributed world.
     ep: Option<std::sync::Arc<RankComm>>,
+    /// See [`Context::mha_min_new_tokens`].
+    mha_min_new_tokens: usize,
 }
 
 /// The paged KV cache of the CPU backend: one `[num_blocks * 64, d_c + d_rope]` buffer per layer.
@@ -199,7 +202,15 @@ impl CpuModel {
             lm_head,
             mtp,
             ep: None,
+            mha_min_new_tokens: mha::MHA_MIN_NEW_TOKENS,
         })
+    }
+
+    /// Sets the new-token count from which a sequence's prefill takes the MHA form in exact
+    /// precision (default [`mha::MHA_MIN_NEW_TOKENS`]; `usize::MAX` keeps every call in the
+    /// absorbed form, for comparing the two or bisecting).
+    pub fn set_mha_min_new_tokens(&mut self, tokens: usize) {
+        self.mha_min_new_tokens = tokens.max(1);
     }
 
     /// Joins an expert-parallel world: from now on every forward call exchanges its MoE rows
@@ -256,6 +267,7 @@ impl CpuModel {
             routing_trace: None,
             row_invariant: self.ep.is_some(),
             ep: self.ep.as_deref(),
+            mha_min_new_tokens: self.mha_min_new_tokens,
         }
     }
 

@@ -97,6 +97,7 @@ pub fn check_kv_append(gpu: &Gpu, rng: &mut Rng, tokens: usize) -> Result<CheckR
         routing_trace: None,
         row_invariant: false,
         ep: None,
+        mha_min_new_tokens: usize::MAX,
     };
     let want = round(&cache_entries(&ctx, &to_f32(&kv), &to_f32(&w), &positions).map_err(merr)?);
     let got_rows: Vec<bf16> = slots
