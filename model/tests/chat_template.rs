@@ -144,10 +144,13 @@ fn every_template_renders_as_transformers_does() {
         let compiled = ChatTemplate::new(t["template"].as_str().unwrap(), &file, special_tokens());
         for conv in conversations() {
             let golden = &t["cases"][&conv.name];
-            let ours = compiled.as_ref().map_err(|e| e.to_string()).and_then(|c| {
-                c.render(&conv.messages, conv.add_generation_prompt)
-                    .map_err(|e| assert_names_file(&e, &file))
-            });
+            let ours = compiled
+                .as_ref()
+                .map_err(|e| assert_names_file(e, &file))
+                .and_then(|c| {
+                    c.render(&conv.messages, conv.add_generation_prompt)
+                        .map_err(|e| assert_names_file(&e, &file))
+                });
             match (golden.get("rendered"), golden.get("error"), ours) {
                 (Some(want), None, Ok(got)) => {
                     rendered += 1;
