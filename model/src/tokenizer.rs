@@ -68,6 +68,7 @@ pub struct Tokenizer {
 enum Chat {
     /// The checkpoint has none: [`chat_prompt`].
     BuiltIn,
+    /// The checkpoint's own, compiled.
     Jinja {
         // Boxed: the compiled environment is large next to the other variants.
         template: Box<ChatTemplate>,
