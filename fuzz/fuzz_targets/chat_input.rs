@@ -1,6 +1,7 @@
 //! Arbitrary chat turns through DeepSeek-V3's chat template and its real tokenizer (the committed
-//! model/tests/fixtures/tokenizer), then decoding: the encoded prompt must decode back to the
-//! template's text, and streaming decode must equal whole decode.
+//! model/tests/fixtures/tokenizer, whose tokenizer_config.json carries the Jinja template, rendered
+//! with minijinja), then decoding: the Jinja rendering must equal the built-in Rust template, the
+//! encoded prompt must decode back to that text, and streaming decode must equal whole decode.
 //!
 //! Input: UTF-8 text; '\x1e' separates turns; a turn starting with 's' / 'a' is a system /
 //! assistant turn (that character dropped), anything else a user turn. A first turn starting with
@@ -35,6 +36,14 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let tok = &*TOKENIZER;
+    let prompt = tok
+        .render_chat(&messages, add_generation_prompt)
+        .expect("V3's template renders any plain-text conversation");
+    assert_eq!(
+        prompt,
+        chat_prompt(&messages, add_generation_prompt),
+        "the built-in template equals V3's Jinja template"
+    );
     let ids = tok
         .encode_chat(&messages, add_generation_prompt)
         .expect("any text encodes");
@@ -44,11 +53,7 @@ fuzz_target!(|data: &[u8]| {
         "a chat prompt starts with BOS"
     );
     let decoded = tok.decode(&ids, false).expect("encoded ids decode");
-    assert_eq!(
-        decoded,
-        chat_prompt(&messages, add_generation_prompt),
-        "decode(encode(prompt)) == prompt"
-    );
+    assert_eq!(decoded, prompt, "decode(encode(prompt)) == prompt");
     let mut stream = tok.stream_decoder(false);
     let mut streamed = String::new();
     for &id in &ids {

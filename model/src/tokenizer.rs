@@ -10,8 +10,10 @@
 //!   decides whether a BOS is prepended (see there for why).
 //! - [`StreamDecoder`]: incremental detokenization for streamed output, where one byte-level token
 //!   can be a fraction of a UTF-8 character.
-//! - [`chat_prompt`]: DeepSeek-V3's chat template for plain-text conversations, in Rust rather
-//!   than through a Jinja engine.
+//! - [`Tokenizer::encode_chat`]: a conversation as prompt ids, through the checkpoint's own Jinja
+//!   chat template ([`ChatTemplate`]: `chat_template.jinja`, or the `chat_template` of
+//!   `tokenizer_config.json`) rendered as transformers renders it; [`chat_prompt`], DeepSeek-V3's
+//!   template written in Rust, only when the checkpoint has none.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,6 +23,12 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+
+mod template;
+mod tojson;
+
+use template::{config_template, jinja_file_text, SPECIAL_TOKEN_VARIABLES};
+pub use template::{ChatTemplate, ChatTemplateSource, CHAT_TEMPLATE_FILE};
 
 /// The tokenizer file of a model directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -51,6 +59,50 @@ pub struct Tokenizer {
     bos_id: u32,
     eos_id: u32,
     add_bos_token: bool,
+    /// The chat template `encode_chat` uses (shared: it holds a compiled template).
+    chat: Arc<Chat>,
+}
+
+/// The chat template of a tokenizer.
+#[derive(Debug)]
+enum Chat {
+    /// The checkpoint has none: [`chat_prompt`].
+    BuiltIn,
+    /// The checkpoint's own, compiled.
+    Jinja {
+        // Boxed: the compiled environment is large next to the other variants.
+        template: Box<ChatTemplate>,
+        source: ChatTemplateSource,
+    },
+    /// The checkpoint has one that cannot be used (unreadable, malformed, not compiling). Kept
+    /// as the error chatting gives rather than failing the load, as in transformers: a
+    /// checkpoint whose template dsv3 cannot compile still serves raw prompts and ids.
+    Broken { file: PathBuf, detail: String },
+}
+
+impl Chat {
+    /// The checkpoint's template `source` (or why it cannot be used) from `file`.
+    fn new(
+        source: std::result::Result<String, String>,
+        file: &Path,
+        kind: fn(PathBuf) -> ChatTemplateSource,
+        special_tokens: &[(String, String)],
+    ) -> Chat {
+        let compiled = source
+            .map_err(|detail| ModelError::tokenizer(file, detail))
+            .and_then(|text| ChatTemplate::new(text, file, special_tokens.to_vec()));
+        match compiled {
+            Ok(template) => Chat::Jinja {
+                template: Box::new(template),
+                source: kind(file.to_path_buf()),
+            },
+            Err(ModelError::Tokenizer { file, detail }) => Chat::Broken { file, detail },
+            Err(other) => Chat::Broken {
+                file: file.to_path_buf(),
+                detail: other.to_string(),
+            },
+        }
+    }
 }
 
 impl fmt::Debug for Tokenizer {
@@ -62,6 +114,7 @@ impl fmt::Debug for Tokenizer {
             .field("bos", &(&self.bos_token, self.bos_id))
             .field("eos", &(&self.eos_token, self.eos_id))
             .field("add_bos_token", &self.add_bos_token)
+            .field("chat", &self.chat_template())
             .finish()
     }
 }
@@ -72,6 +125,10 @@ struct TokenizerConfig {
     add_bos_token: bool,
     bos_token: String,
     eos_token: String,
+    /// `chat_template`: the source, or why it cannot be used; `None` when there is none.
+    chat_template: Option<std::result::Result<String, String>>,
+    /// The special tokens the file sets, as chat template variables (`("bos_token", text)`).
+    template_tokens: Vec<(String, String)>,
 }
 
 impl Default for TokenizerConfig {
@@ -82,6 +139,8 @@ impl Default for TokenizerConfig {
             add_bos_token: true,
             bos_token: BOS_TOKEN.to_string(),
             eos_token: EOS_TOKEN.to_string(),
+            chat_template: None,
+            template_tokens: Vec::new(),
         }
     }
 }
@@ -130,6 +189,14 @@ impl TokenizerConfig {
         if let Some(eos) = special_token_field(&value, "eos_token", file)? {
             cfg.eos_token = eos;
         }
+        cfg.chat_template = config_template(&value);
+        // Only the tokens the file sets, as transformers passes them; one of the others that is
+        // malformed is left out (it matters to no tokenizer path, and at most to a template).
+        for name in SPECIAL_TOKEN_VARIABLES {
+            if let Ok(Some(text)) = special_token_field(&value, name, file) {
+                cfg.template_tokens.push((name.to_string(), text));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -139,12 +206,15 @@ fn read_text(file: &Path) -> Result<String> {
 }
 
 impl Tokenizer {
-    /// Loads `dir/tokenizer.json` (required) and `dir/tokenizer_config.json` (optional; without
-    /// it BOS/EOS are DeepSeek-V3's spellings and `add_bos_token` is true).
+    /// Loads `dir/tokenizer.json` (required), `dir/tokenizer_config.json` (optional; without
+    /// it BOS/EOS are DeepSeek-V3's spellings and `add_bos_token` is true) and the chat template:
+    /// `dir/chat_template.jinja` if present, else the config's `chat_template`, else the built-in
+    /// one (the order transformers loads them in).
     ///
     /// A missing, unreadable, truncated or otherwise malformed file, or a BOS/EOS token the
     /// vocabulary lacks, is a [`ModelError::Tokenizer`] naming the file; this never panics, even
-    /// on JSON that `tokenizers` itself would panic on.
+    /// on JSON that `tokenizers` itself would panic on. A chat template that cannot be used does
+    /// not fail the load: chatting does, with the error naming its file.
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
         let file = dir.join(TOKENIZER_FILE);
         let text = read_text(&file)?;
@@ -154,11 +224,28 @@ impl Tokenizer {
         } else {
             None
         };
-        Self::from_json(
+        let mut tokenizer = Self::from_json(
             file,
             text,
             config.as_ref().map(|(t, p)| (t.as_str(), p.as_path())),
-        )
+        )?;
+        let jinja = dir.join(CHAT_TEMPLATE_FILE);
+        if jinja.exists() {
+            let text = std::fs::read_to_string(&jinja)
+                .map(jinja_file_text)
+                .map_err(|e| e.to_string());
+            let tokens = match &config {
+                Some((text, path)) => TokenizerConfig::parse(text, path)?.template_tokens,
+                None => Vec::new(),
+            };
+            tokenizer.chat = Arc::new(Chat::new(
+                text,
+                &jinja,
+                ChatTemplateSource::JinjaFile,
+                &tokens,
+            ));
+        }
+        Ok(tokenizer)
     }
 
     /// Like [`from_dir`](Self::from_dir) with the files' contents given: `text` of `tokenizer.json`
@@ -210,6 +297,15 @@ impl Tokenizer {
         };
         let bos_id = lookup(&cfg.bos_token, "BOS")?;
         let eos_id = lookup(&cfg.eos_token, "EOS")?;
+        let chat = match cfg.chat_template {
+            Some(source) => Chat::new(
+                source,
+                &cfg_source,
+                ChatTemplateSource::TokenizerConfig,
+                &cfg.template_tokens,
+            ),
+            None => Chat::BuiltIn,
+        };
         Ok(Tokenizer {
             inner: Arc::new(inner),
             file,
@@ -218,6 +314,7 @@ impl Tokenizer {
             bos_id,
             eos_id,
             add_bos_token: cfg.add_bos_token,
+            chat: Arc::new(chat),
         })
     }
 
@@ -312,14 +409,43 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// [`chat_prompt`] encoded: the template writes BOS as text, which the tokenizer recognises
-    /// as the BOS id, so no second BOS is added.
+    /// Which chat template [`encode_chat`](Self::encode_chat) uses; an error (naming the file)
+    /// when the checkpoint's cannot be used.
+    pub fn chat_template(&self) -> Result<ChatTemplateSource> {
+        match &*self.chat {
+            Chat::BuiltIn => Ok(ChatTemplateSource::BuiltIn),
+            Chat::Jinja { source, .. } => Ok(source.clone()),
+            Chat::Broken { file, detail } => Err(ModelError::tokenizer(file, detail.clone())),
+        }
+    }
+
+    /// The prompt text of a conversation: the checkpoint's chat template rendered as
+    /// transformers' `apply_chat_template(messages, add_generation_prompt=...,
+    /// tokenize=False)`, or [`chat_prompt`] when the checkpoint has none.
+    ///
+    /// A template that cannot be used or fails to render (including its own
+    /// `raise_exception(...)`) is a [`ModelError::Tokenizer`] naming the template's file.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        match &*self.chat {
+            Chat::BuiltIn => Ok(chat_prompt(messages, add_generation_prompt)),
+            Chat::Jinja { template, .. } => template.render(messages, add_generation_prompt),
+            Chat::Broken { file, detail } => Err(ModelError::tokenizer(file, detail.clone())),
+        }
+    }
+
+    /// [`render_chat`](Self::render_chat) encoded as `apply_chat_template(..., tokenize=True)`
+    /// encodes it: with `add_special_tokens=False`, since a template writes the BOS itself (as
+    /// text, which the tokenizer recognises as the BOS id), so no second BOS is added.
     pub fn encode_chat(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
-        self.encode(&chat_prompt(messages, add_generation_prompt), false)
+        self.encode(&self.render_chat(messages, add_generation_prompt)?, false)
     }
 }
 
@@ -415,6 +541,17 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The role as chat templates see it (`message['role']`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 /// One plain-text chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -444,7 +581,8 @@ impl ChatMessage {
 }
 
 /// DeepSeek-V3's chat template (the `chat_template` of its `tokenizer_config.json`) for
-/// plain-text messages:
+/// plain-text messages, written in Rust: the fallback [`Tokenizer::encode_chat`] uses when a
+/// checkpoint has no template of its own (renders exactly as V3's Jinja template does):
 ///
 /// ```text
 /// <｜begin▁of▁sentence｜>{system prompt}<｜User｜>{user}<｜Assistant｜>{assistant}<｜end▁of▁sentence｜><｜User｜>{user}<｜Assistant｜>

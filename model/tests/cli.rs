@@ -191,11 +191,12 @@ fn check_weights_names_a_nan_tensor() {
     );
 }
 
-#[test]
-fn chat_answers_each_stdin_line() {
+/// Runs `dsv3 chat` with `stdin` as its input.
+fn chat(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_dsv3"))
-        .args(["chat", "--max-new-tokens", "6", "--system", "be brief"])
+        .arg("chat")
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -205,9 +206,17 @@ fn chat_answers_each_stdin_line() {
         .stdin
         .take()
         .unwrap()
-        .write_all("hello\n\nhow are you?\n".as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_answers_each_stdin_line() {
+    let out = chat(
+        &["--max-new-tokens", "6", "--system", "be brief"],
+        "hello\n\nhow are you?\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     // One reply per non-empty user line, each ended by a newline (a random-weight reply may
     // itself contain newline bytes, so at least two).
@@ -217,6 +226,45 @@ fn chat_answers_each_stdin_line() {
         "stdout: {:?}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The built-in model's tokenizer_config.json has no chat template.
+    assert!(
+        stderr(&out)
+            .contains("chat template: built-in DeepSeek-V3 template (the checkpoint has none)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A checkpoint's own `chat_template` formats the conversation, and `dsv3 chat` says so; one
+/// that refuses (its `raise_exception`) is an error naming tokenizer_config.json.
+#[test]
+fn chat_uses_the_checkpoint_template() {
+    let dir = TempDir::new("cli-chat-template");
+    let model = dir.path().to_str().unwrap();
+    assert!(dsv3(&["make-tiny", "--out", model]).status.success());
+    let config_file = dir.file("tokenizer_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    config["chat_template"] = Value::from(
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}\
+         {% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}",
+    );
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let out = chat(&["--model", model, "--max-new-tokens", "4"], "hello\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("chat template: from tokenizer_config.json"),
+        "{}",
+        stderr(&out)
+    );
+
+    config["chat_template"] = Value::from("{{ raise_exception('no chatting here') }}");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let out = chat(&["--model", model, "--max-new-tokens", "4"], "hello\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no chatting here"), "{err}");
+    assert!(err.contains(&config_file.display().to_string()), "{err}");
 }
 
 /// `--backend cuda` runs on the CUDA backend when the binary has it and a device is present, and

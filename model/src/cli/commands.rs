@@ -346,6 +346,9 @@ fn chat(m: &ModelArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
         .unwrap_or_else(|| KvCacheAllocator::blocks_for(limit.min(8192)));
     let (mut engine, tok) = loaded.into_runner(blocks)?;
     let tok = require_tokenizer(tok.as_ref(), "chat")?.clone();
+    // Which template formats the conversation: a prompt in the wrong format still generates, so
+    // say it (and refuse a checkpoint template that cannot be used before the first turn).
+    eprintln!("chat template: {}", tok.chat_template()?);
     let stops = stop_ids(engine.config(), Some(&tok));
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     let stdin = std::io::stdin();
