@@ -135,8 +135,7 @@ pub fn quantize_fp8_blocks(w: &[f32], n: usize, k: usize) -> Fp8Weight {
 
 /// [`quantize_fp8_blocks`], with `ue8m0` each scale rounded up to a power of two (spec §4.4,
 /// DeepSeek-V3.1's `scale_fmt: "ue8m0"`) before the codes are computed; the scale rule is
-/// kernels' [`block_scale`](kernels::reference::fp8_quant::block_scale), the one the activations
-/// use.
+/// kernels' [`block_scale`], the one the activations use.
 ///
 /// Row blocks of 128 are quantized in parallel. Every block depends on its own values only and
 /// the block maximum does not depend on the order it is taken in, so the result is the same bits

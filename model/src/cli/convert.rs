@@ -38,7 +38,7 @@ pub struct ConvertArgs {
     #[arg(long, value_enum)]
     pub to: ToFormat,
     /// Most tensor data per shard, in GB (10^9 bytes; a single larger tensor gets its own shard).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = convert::DEFAULT_SHARD_BYTES as f64 / 1e9)]
     pub shard_size_gb: f64,
     /// With --to fp8: the scales' format (default: the input's when it is FP8, else f32).
     #[arg(long, value_enum)]
