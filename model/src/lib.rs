@@ -12,6 +12,8 @@
 //! - [`tiny`]: the built-in tiny model, generated deterministically and written as a normal
 //!   checkpoint directory.
 //! - [`error`]: [`ModelError`], whose messages name the file, tensor or key at fault.
+//! - [`convert`]: `dsv3 convert`, a checkpoint rewritten as BF16 or block-FP8 in new shards,
+//!   streamed tensor by tensor from the mapped input.
 //!
 //! Deployment: [`memory_plan`], the per-rank weights, workspace and KV budget of an
 //! expert-parallel deployment and its all-to-all bytes per decode step (`dsv3 info
@@ -20,6 +22,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

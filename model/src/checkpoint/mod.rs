@@ -34,9 +34,11 @@ use std::fmt;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use half::{bf16, f16};
-use kernels::dtype::{e4m3_from_f32, e4m3_to_f32, E4M3_MAX};
+use kernels::dtype::{e4m3_from_f32, e4m3_to_f32};
+use kernels::reference::fp8_quant::block_scale;
 use kernels::{DType, E4m3};
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -47,10 +49,10 @@ use crate::error::{ModelError, Result};
 
 pub use index::index_shard_names;
 pub use spec::{
-    expected_tensors, safetensors_dtype_name, scale_name, scale_shape, Fp8Policy, TensorRole,
-    TensorSpec,
+    expected_tensors, released_fp8_weights, safetensors_dtype_name, scale_name, scale_shape,
+    Fp8Policy, TensorRole, TensorSpec,
 };
-pub use write::{write_checkpoint, write_safetensors, TensorData};
+pub use write::{write_checkpoint, write_safetensors, TensorData, TensorHeader};
 
 /// The single-file checkpoint name.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -128,32 +130,67 @@ impl Fp8Weight {
 /// scale = max(amax, 1e-4) / 448, q = e4m3(w / scale) with round-to-nearest-even (saturating).
 /// Any n and k (edge blocks are partial).
 pub fn quantize_fp8_blocks(w: &[f32], n: usize, k: usize) -> Fp8Weight {
+    quantize_fp8_blocks_with(w, n, k, false)
+}
+
+/// [`quantize_fp8_blocks`], with `ue8m0` each scale rounded up to a power of two (spec §4.4,
+/// DeepSeek-V3.1's `scale_fmt: "ue8m0"`) before the codes are computed; the scale rule is
+/// kernels' [`block_scale`], the one the activations use.
+///
+/// Row blocks of 128 are quantized in parallel. Every block depends on its own values only and
+/// the block maximum does not depend on the order it is taken in, so the result is the same bits
+/// as a serial pass, and quantizing a matrix one row block at a time (as `dsv3 convert` streams
+/// it) gives the same codes and scales as quantizing it whole (as the CPU backend does at load).
+pub fn quantize_fp8_blocks_with(w: &[f32], n: usize, k: usize, ue8m0: bool) -> Fp8Weight {
     assert_eq!(
         w.len(),
         n * k,
         "quantize_fp8_blocks: {n} x {k} weights expected"
     );
     let [nb, kb] = scale_shape(n, k);
-    let mut scales = vec![0.0f32; nb * kb];
-    for (r, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+    if k == 0 {
+        return Fp8Weight {
+            q: Vec::new(),
+            scales: Vec::new(),
+            n,
+            k,
+        };
+    }
+    let blocks: Vec<(Vec<f32>, Vec<E4m3>)> = w
+        .par_chunks(FP8_WEIGHT_BLOCK * k)
+        .map(|rows| quantize_row_block(rows, k, ue8m0))
+        .collect();
+    let mut out = Fp8Weight {
+        q: Vec::with_capacity(n * k),
+        scales: Vec::with_capacity(nb * kb),
+        n,
+        k,
+    };
+    for (scales, q) in blocks {
+        out.scales.extend(scales);
+        out.q.extend(q);
+    }
+    out
+}
+
+/// One block row (up to 128 rows of `k`): its ceil(k / 128) scales and its codes.
+fn quantize_row_block(rows: &[f32], k: usize, ue8m0: bool) -> (Vec<f32>, Vec<E4m3>) {
+    let mut scales = vec![0.0f32; k.div_ceil(FP8_WEIGHT_BLOCK)];
+    for row in rows.chunks_exact(k) {
         for (c, v) in row.iter().enumerate() {
-            let s = &mut scales[(r / FP8_WEIGHT_BLOCK) * kb + c / FP8_WEIGHT_BLOCK];
+            let s = &mut scales[c / FP8_WEIGHT_BLOCK];
             *s = s.max(v.abs());
         }
     }
     for s in &mut scales {
-        *s = s.max(1e-4) / E4M3_MAX;
+        *s = block_scale(*s, ue8m0);
     }
-    let mut out = Fp8Weight {
-        q: Vec::new(),
-        scales,
-        n,
-        k,
-    };
-    out.q = (0..n * k)
-        .map(|i| E4m3(e4m3_from_f32(w[i] / out.scale_at(i / k, i % k))))
+    let q = rows
+        .iter()
+        .enumerate()
+        .map(|(i, v)| E4m3(e4m3_from_f32(v / scales[(i % k) / FP8_WEIGHT_BLOCK])))
         .collect();
-    out
+    (scales, q)
 }
 
 /// A linear weight in its stored form.
@@ -188,6 +225,19 @@ impl LinearWeight {
             LinearWeight::Fp8(w) => w.dequantize(),
             LinearWeight::Bf16 { w, .. } => w.iter().map(|v| v.to_f32()).collect(),
             LinearWeight::F32 { w, .. } => w.clone(),
+        }
+    }
+
+    /// The weight in FP8: as stored when it is FP8, else quantized per 128x128 block with
+    /// [`quantize_fp8_blocks`] from its exact f32 values (what `dsv3 convert --to fp8` writes
+    /// for it, and what the CPU backend's fp8 precision multiplies).
+    pub fn into_fp8(self) -> Fp8Weight {
+        match self {
+            LinearWeight::Fp8(w) => w,
+            other => {
+                let (n, k) = other.dims();
+                quantize_fp8_blocks(&other.to_f32(), n, k)
+            }
         }
     }
 
@@ -306,6 +356,8 @@ pub struct Checkpoint {
     /// The specs of the tensors present, in [`expected_tensors`] order.
     specs: Vec<TensorSpec>,
     num_mtp_layers: usize,
+    /// [`released_fp8_weights`] of the config, built on first use.
+    released_fp8: OnceLock<HashSet<String>>,
 }
 
 impl fmt::Debug for Checkpoint {
@@ -462,6 +514,7 @@ impl Checkpoint {
             tensors,
             specs: Vec::new(),
             num_mtp_layers: 0,
+            released_fp8: OnceLock::new(),
         };
         ckpt.validate_tensors()?;
         Ok(ckpt)
@@ -591,6 +644,14 @@ impl Checkpoint {
     /// The tensors present, in [`expected_tensors`] order (each one validated).
     pub fn specs(&self) -> &[TensorSpec] {
         &self.specs
+    }
+
+    /// Whether the released checkpoints store linear weight `name` as FP8 (spec §2.2), whether
+    /// or not this checkpoint does (see [`released_fp8_weights`]).
+    pub fn is_fp8_in_release(&self, name: &str) -> bool {
+        self.released_fp8
+            .get_or_init(|| released_fp8_weights(&self.config))
+            .contains(name)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -850,6 +911,37 @@ mod tests {
         // All-zero blocks get the floor scale.
         let z = quantize_fp8_blocks(&[0.0; 4], 2, 2);
         assert_eq!(z.scales, vec![1e-4 / 448.0]);
+    }
+
+    /// The parallel quantizer gives the bits of fp8-gemm's independent serial one, quantizing
+    /// block row by block row gives the bits of the whole matrix (what `dsv3 convert` relies on
+    /// to stream), and `ue8m0` rounds each scale up to a power of two.
+    #[test]
+    fn quantize_blocks_is_blockwise_and_matches_the_gemm_crate() {
+        let (n, k) = (300, 384);
+        let mut rng = kernels::rng::Rng::new(11);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.normal() * 0.05).collect();
+        let whole = quantize_fp8_blocks(&w, n, k);
+        let other = fp8_gemm::reference::quantize_weights(&w, n, k).unwrap();
+        assert_eq!((&whole.q, &whole.scales), (&other.q, &other.scales));
+        let (mut q, mut scales) = (Vec::new(), Vec::new());
+        for r0 in (0..n).step_by(FP8_WEIGHT_BLOCK) {
+            let rows = (n - r0).min(FP8_WEIGHT_BLOCK);
+            let part = quantize_fp8_blocks(&w[r0 * k..(r0 + rows) * k], rows, k);
+            q.extend(part.q);
+            scales.extend(part.scales);
+        }
+        assert_eq!((q, scales), (whole.q.clone(), whole.scales.clone()));
+
+        let pow2 = quantize_fp8_blocks_with(&w, n, k, true);
+        for (&p, &s) in pow2.scales.iter().zip(&whole.scales) {
+            assert!(is_power_of_two(p) && p >= s && p < 2.0 * s, "{p} for {s}");
+        }
+        for (i, (a, b)) in w.iter().zip(pow2.dequantize()).enumerate() {
+            // e4m3's relative error, and half its subnormal spacing 2^-9 times the scale.
+            let floor = pow2.scale_at(i / k, i % k) / 1024.0;
+            assert!((a - b).abs() <= a.abs() / 16.0 + floor, "{a} -> {b}");
+        }
     }
 
     #[test]

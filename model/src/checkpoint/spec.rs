@@ -1,5 +1,7 @@
 //! The tensors a config calls for (spec §2): names, shapes and element types.
 
+use std::collections::HashSet;
+
 use kernels::DType;
 
 use crate::config::{ModelConfig, FP8_WEIGHT_BLOCK};
@@ -281,6 +283,20 @@ pub fn expected_tensors(cfg: &ModelConfig, fp8: Fp8Policy) -> Vec<TensorSpec> {
     b.specs
 }
 
+/// The linear weights the released checkpoints store as FP8 for `cfg` (spec §2.2): every
+/// attention, dense-MLP, routed-expert and shared-expert weight, MTP layers included; never the
+/// router, `eh_proj`, the heads or the embeddings. Derived from [`expected_tensors`] under
+/// [`Fp8Policy::Released`], so it is the loader's own list, whatever the checkpoint at hand
+/// stores: what `dsv3 convert --to fp8` quantizes and what the CPU backend's fp8 precision
+/// quantizes at load in a BF16, F16 or F32 checkpoint.
+pub fn released_fp8_weights(cfg: &ModelConfig) -> HashSet<String> {
+    expected_tensors(cfg, Fp8Policy::Released)
+        .into_iter()
+        .filter(|s| s.dtype == DType::E4m3)
+        .map(|s| s.name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +368,38 @@ mod tests {
         let bf16 = expected_tensors(&cfg, Fp8Policy::Bf16);
         assert!(bf16.iter().all(|s| s.dtype != DType::E4m3));
         assert!(bf16.iter().all(|s| !s.name.ends_with("_scale_inv")));
+    }
+
+    #[test]
+    fn released_fp8_weights_are_the_quantizable_linears() {
+        let cfg = ModelConfig::deepseek_v3();
+        let set = released_fp8_weights(&cfg);
+        for name in [
+            "model.layers.0.self_attn.q_a_proj.weight",
+            "model.layers.0.self_attn.kv_b_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.3.mlp.experts.255.up_proj.weight",
+            "model.layers.3.mlp.shared_experts.gate_proj.weight",
+            "model.layers.61.self_attn.o_proj.weight",
+        ] {
+            assert!(set.contains(name), "{name}");
+        }
+        for name in [
+            "lm_head.weight",
+            "model.embed_tokens.weight",
+            "model.layers.3.mlp.gate.weight",
+            "model.layers.61.eh_proj.weight",
+            "model.layers.61.shared_head.head.weight",
+            "model.layers.0.input_layernorm.weight",
+        ] {
+            assert!(!set.contains(name), "{name}");
+        }
+        // One per scale of the FP8 layout.
+        let scales = expected_tensors(&cfg, Fp8Policy::Released)
+            .iter()
+            .filter(|s| s.role == TensorRole::WeightScale)
+            .count();
+        assert_eq!(set.len(), scales);
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! Writing checkpoints: safetensors files (through the safetensors crate's serializer), the shard
-//! index and `config.json`. Used by the tiny model generator and by tests that build broken
-//! checkpoints on purpose.
+//! Writing checkpoints: safetensors files (through the safetensors crate's serializer, or
+//! streamed tensor by tensor with [`write_safetensors_streaming`]), the shard index and
+//! `config.json`. Used by the tiny model generator, by `dsv3 convert` and by tests that build
+//! broken checkpoints on purpose.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use half::bf16;
 use kernels::{DType, E4m3};
-use safetensors::tensor::TensorView;
+use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::Dtype;
 use serde_json::json;
 
@@ -103,6 +106,141 @@ pub fn write_safetensors(path: &Path, tensors: &[TensorData]) -> Result<()> {
         .map_err(|e| ModelError::safetensors(path, e.to_string()))
 }
 
+/// Name, element type and shape of a tensor whose bytes are produced later
+/// ([`write_safetensors_streaming`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorHeader {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorHeader {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.numel() * self.dtype.size_bytes()
+    }
+}
+
+/// The safetensors crate's limit on a header (it refuses to read a longer one).
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// Where one tensor's bytes go in [`write_safetensors_streaming`]; counts them, and names the
+/// file in write errors.
+#[derive(Debug)]
+pub struct TensorSink<'a> {
+    out: &'a mut BufWriter<File>,
+    path: &'a Path,
+    written: usize,
+}
+
+impl TensorSink<'_> {
+    /// Appends `bytes` to the tensor.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| ModelError::io(self.path, e))?;
+        self.written += bytes.len();
+        Ok(())
+    }
+}
+
+/// Writes one safetensors file without holding its tensors: the header (built and checked by the
+/// safetensors crate's own [`Metadata`], with `__metadata__ = {"format": "pt"}` and the 8-byte
+/// padding its serializer writes), then the tensors in the order given, each one's bytes written
+/// by `fill(i, sink)`. Only what `fill` holds for one tensor is in memory at a time, so a
+/// multi-gigabyte shard streams. The caller chooses the order: tensors keep natural alignment
+/// when the larger element types come first, as the crate's serializer orders them (the loader
+/// copies a misaligned tensor instead of viewing it in place, which is correct, only slower).
+/// A tensor whose `fill` writes more or fewer bytes than its header says is an error naming it.
+/// Returns the bytes of tensor data written.
+pub fn write_safetensors_streaming(
+    path: &Path,
+    tensors: &[TensorHeader],
+    fill: &mut dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+) -> Result<usize> {
+    let mut offset = 0;
+    let infos = tensors
+        .iter()
+        .map(|t| {
+            let size = t.size_bytes();
+            let info = TensorInfo {
+                dtype: to_safetensors_dtype(t.dtype),
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + size),
+            };
+            offset += size;
+            (t.name.clone(), info)
+        })
+        .collect();
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let header = Metadata::new(Some(metadata), infos)
+        .map_err(|e| ModelError::safetensors(path, e.to_string()))?;
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| ModelError::safetensors(path, format!("header: {e}")))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(ModelError::safetensors(
+            path,
+            format!(
+                "the header of {} tensors takes {} bytes, more than the {MAX_HEADER_BYTES} a \
+                 reader accepts; write fewer tensors per file",
+                tensors.len(),
+                header.len()
+            ),
+        ));
+    }
+
+    let file = File::create(path).map_err(|e| ModelError::io(path, e))?;
+    let mut out = BufWriter::with_capacity(8 << 20, file);
+    let io = |e| ModelError::io(path, e);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let mut sink = TensorSink {
+            out: &mut out,
+            path,
+            written: 0,
+        };
+        fill(i, &mut sink)?;
+        if sink.written != t.size_bytes() {
+            return Err(ModelError::safetensors(
+                path,
+                format!(
+                    "tensor `{}`: {} bytes written, its header says {}",
+                    t.name,
+                    sink.written,
+                    t.size_bytes()
+                ),
+            ));
+        }
+    }
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(offset)
+}
+
+/// Writes `model.safetensors.index.json` in transformers' format:
+/// `{"metadata": {"total_size": bytes of tensor data}, "weight_map": {tensor: shard file}}`.
+pub fn write_index(
+    dir: &Path,
+    total_size: usize,
+    weight_map: &BTreeMap<String, String>,
+) -> Result<PathBuf> {
+    let index = json!({
+        "metadata": { "total_size": total_size },
+        "weight_map": weight_map,
+    });
+    let index_path = dir.join(INDEX_FILE);
+    let text = serde_json::to_string_pretty(&index).expect("a JSON value always serializes");
+    std::fs::write(&index_path, text + "\n").map_err(|e| ModelError::io(&index_path, e))?;
+    Ok(index_path)
+}
+
 /// The file name of shard `i` (0-based) of `count`, Hugging Face style.
 pub fn shard_file_name(i: usize, count: usize) -> String {
     format!("model-{:05}-of-{:05}.safetensors", i + 1, count)
@@ -156,12 +294,6 @@ pub fn write_checkpoint(
         }
         paths.push(path);
     }
-    let index = json!({
-        "metadata": { "total_size": total },
-        "weight_map": weight_map,
-    });
-    let index_path = dir.join(INDEX_FILE);
-    let text = serde_json::to_string_pretty(&index).expect("a JSON value always serializes");
-    std::fs::write(&index_path, text + "\n").map_err(|e| ModelError::io(&index_path, e))?;
+    write_index(dir, total, &weight_map)?;
     Ok(paths)
 }

@@ -117,6 +117,7 @@ pub fn run(command: Command) -> Result<()> {
                 json,
             ),
         },
+        Command::Convert(args) => super::convert::run(&args),
         Command::MakeTiny { out, seed } => {
             let cfg = crate::tiny::write_tiny(&out, seed)?;
             println!(

@@ -1,10 +1,11 @@
-//! The `dsv3` command line: generate, chat, logits, perplexity, info, bench, make-tiny.
+//! The `dsv3` command line: generate, chat, logits, perplexity, info, bench, convert, make-tiny.
 //!
 //! Every command runs on a real checkpoint directory (`--model DIR`) or, without `--model`, on
 //! the built-in tiny model, so each works on a fresh machine with no download.
 
 pub mod backend;
 pub mod commands;
+pub mod convert;
 pub mod load;
 pub mod mtp_cost;
 pub mod runner;
@@ -195,6 +196,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Rewrite a checkpoint as BF16 or block-scaled FP8 (the released V3 layout) in new shards,
+    /// streaming tensor by tensor.
+    Convert(convert::ConvertArgs),
     /// Write the built-in tiny model as a checkpoint directory.
     MakeTiny {
         #[arg(long)]

@@ -8,9 +8,11 @@
 //!   per-block partials promoted with the two scales), output rounded to BF16 as the GPU GEMM
 //!   writes it.
 //!
-//! Non-FP8 weights (router gate, lm_head, eh_proj, and every weight of an unquantized checkpoint)
-//! keep their stored values (BF16, F16 or F32, all exact in f32) and multiply f32 activations in
-//! f32 in both precisions.
+//! In `fp8`, the linear weights the released checkpoints store in FP8 arrive here as FP8 even from
+//! a BF16, F16 or F32 checkpoint: [`weights::linear_weight`](super::weights::linear_weight)
+//! quantizes them at load exactly as `dsv3 convert --to fp8` would. The weights that are never
+//! FP8 (router gate, lm_head, eh_proj, shared_head.head), and every weight in `exact`, keep their
+//! stored values (BF16, F16 or F32, all exact in f32) and multiply f32 activations in f32.
 
 use fp8_gemm::reference::{gemm_nt_f32, Fp8Weights};
 use half::bf16;

@@ -5,7 +5,7 @@ use std::ops::Range;
 use moe_dispatch::reference::routing::{RoutingConfig, Scoring, TopkMethod};
 use rayon::prelude::*;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, LinearWeight};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 
@@ -17,7 +17,31 @@ use super::Precision;
 /// Loads `name` as a linear layer for `precision`.
 pub fn linear(ckpt: &Checkpoint, name: &str, precision: Precision) -> Result<Linear> {
     let ue8m0 = ckpt.config().ue8m0_scales();
-    Linear::new(name, ckpt.linear(name)?, precision, ue8m0)
+    Linear::new(
+        name,
+        linear_weight(ckpt, name, precision)?,
+        precision,
+        ue8m0,
+    )
+}
+
+/// Linear weight `name` in the form `precision` computes with. In `fp8`, a weight that the
+/// released checkpoints store in FP8 (spec §2.2) but this checkpoint stores as BF16, F16 or F32
+/// is quantized here per 128x128 block by the rule the released files were made with (spec
+/// §4.3, [`LinearWeight::into_fp8`]): the same codes and scales `dsv3 convert --to fp8` writes,
+/// so fp8 on a BF16 checkpoint computes what it computes on the converted FP8 checkpoint (and
+/// what the GPU computes). `exact` keeps the stored values; the router, `eh_proj` and the heads
+/// stay unquantized in both.
+pub fn linear_weight(ckpt: &Checkpoint, name: &str, precision: Precision) -> Result<LinearWeight> {
+    let w = ckpt.linear(name)?;
+    Ok(match w {
+        LinearWeight::Bf16 { .. } | LinearWeight::F32 { .. }
+            if precision == Precision::Fp8 && ckpt.is_fp8_in_release(name) =>
+        {
+            LinearWeight::Fp8(w.into_fp8())
+        }
+        w => w,
+    })
 }
 
 /// A norm (or any small vector) in f32.
@@ -191,7 +215,8 @@ impl DecoderLayer {
             },
             None => QueryProj::Direct(linear(ckpt, &format!("{a}.q_proj.weight"), precision)?),
         };
-        let mut kv_b_f32 = ckpt.linear(&format!("{a}.kv_b_proj.weight"))?.to_f32();
+        let mut kv_b_f32 =
+            linear_weight(ckpt, &format!("{a}.kv_b_proj.weight"), precision)?.to_f32();
         if precision == Precision::Fp8 {
             // The CUDA backend keeps W_UK / W_UV in BF16 (spec §3.1); fp8 computes what it does.
             // Not negligible: the absorbed output is re-quantized to e4m3 before o_proj, which
