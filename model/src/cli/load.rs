@@ -252,7 +252,7 @@ fn load_world(
 }
 
 /// Loads the weights for the resolved backend (`Cpu` or `Cuda`). With `auto`, a checkpoint the
-/// CUDA backend cannot run (BF16 linear weights, MLA widths other than V3's) falls back to the
+/// CUDA backend cannot run (linear weights the FP8 GEMM cannot take, MLA widths other than V3's) falls back to the
 /// CPU with a note.
 fn load_weights(
     ckpt: &Checkpoint,

@@ -5,7 +5,9 @@
 //!   are stacked into one `[2 * inter, K]` weight (rows, and whole 128-row scale blocks, so
 //!   `inter` must be a multiple of 128) so one GEMM writes the `[T, 2 * inter]` gate|up input of
 //!   the fused `silu_and_mul_quantize_fp8`. Routed experts are stacked `[E, 2 * inter, K]` /
-//!   `[E, hidden, inter]` for the grouped GEMM.
+//!   `[E, hidden, inter]` for the grouped GEMM. A checkpoint that stores these weights in BF16,
+//!   F16 or F32 has them quantized per 128x128 block at load, as `dsv3 convert --to fp8` would
+//!   (see [`fp8`]).
 //! - BF16 tensors (embedding, norms, router gate, lm_head) stay BF16; norm weights stored in F32
 //!   are rounded to BF16 once (the kernels take BF16 weights).
 //! - `kv_b_proj` is dequantized once at load (FP8 code x block scale in f32) and rounded to BF16
@@ -62,31 +64,35 @@ pub struct Fp8Linear {
     pub ue8m0: bool,
 }
 
-/// The FP8 weight `name`, or an error when the checkpoint stores it in BF16, F16 or F32 (the CUDA
-/// backend runs FP8 checkpoints: every linear layer through the block-scaled FP8 GEMM; other
-/// linear weights are issue 19).
+/// The FP8 weight `name`. A weight the released checkpoints store in FP8 but this one stores in
+/// BF16, F16 or F32 (a community BF16 conversion, a Moonlight-style release, a checkpoint saved
+/// by transformers in float32) is quantized per 128x128 block at load by the released rule: the
+/// codes and scales `dsv3 convert --to fp8` writes and the CPU `fp8` path multiplies
+/// (`cpu::weights::linear_weight`), so the backends still compute the same function.
 fn fp8(ckpt: &Checkpoint, name: &str) -> Result<Fp8Weight> {
-    match ckpt.linear(name)? {
-        LinearWeight::Fp8(w) => {
-            if w.k % 128 != 0 || w.n % 16 != 0 {
-                return Err(ModelError::config(
-                    name,
-                    format!(
-                        "[{}, {}] cannot run on the FP8 GEMM (K must be a multiple of 128, N of 16)",
-                        w.n, w.k
-                    ),
-                ));
-            }
-            Ok(w)
+    let w = match crate::cpu::weights::linear_weight(ckpt, name, crate::cpu::Precision::Fp8)? {
+        LinearWeight::Fp8(w) => w,
+        LinearWeight::Bf16 { .. } | LinearWeight::F32 { .. } => {
+            return Err(ModelError::config(
+                name,
+                format!(
+                    "is stored in {} and is not one of the weights released checkpoints store \
+                     in FP8, so the CUDA backend has no FP8 GEMM for it (use --backend cpu)",
+                    crate::checkpoint::safetensors_dtype_name(ckpt.info(name)?.dtype)
+                ),
+            ))
         }
-        LinearWeight::Bf16 { .. } | LinearWeight::F32 { .. } => Err(ModelError::config(
+    };
+    if w.k % 128 != 0 || w.n % 16 != 0 {
+        return Err(ModelError::config(
             name,
             format!(
-                "is stored in {}; the CUDA backend runs FP8 checkpoints only (use --backend cpu)",
-                crate::checkpoint::safetensors_dtype_name(ckpt.info(name)?.dtype)
+                "[{}, {}] cannot run on the FP8 GEMM (K must be a multiple of 128, N of 16)",
+                w.n, w.k
             ),
-        )),
+        ));
     }
+    Ok(w)
 }
 
 impl Fp8Linear {
@@ -352,7 +358,11 @@ impl GpuLayer {
             None => GpuQuery::Direct(Fp8Linear::load(gpu, ckpt, &format!("{a}.q_proj.weight"))?),
         };
         let kv_b_name = format!("{a}.kv_b_proj.weight");
-        let (uk, uv) = absorb_weights(cfg, &ckpt.linear(&kv_b_name)?.to_f32());
+        // Through the same load-time quantization as every other FP8-in-release weight (a no-op
+        // for an FP8 checkpoint), as the CPU fp8 path reads it.
+        let kv_b =
+            crate::cpu::weights::linear_weight(ckpt, &kv_b_name, crate::cpu::Precision::Fp8)?;
+        let (uk, uv) = absorb_weights(cfg, &kv_b.to_f32());
         let (heads, d_c) = (cfg.num_attention_heads, cfg.kv_lora_rank);
         let attention = GpuAttention {
             q,
