@@ -305,6 +305,35 @@ mod gpu {
         );
     }
 
+    /// Runs `seqs` through the CPU fp8 model and the CUDA backend (all logits rows, with traces)
+    /// and [`compare`]s them; returns the CUDA logits.
+    fn compare_with_cpu(
+        label: &str,
+        cpu: &CpuModel,
+        cuda: &mut CudaBackend<'static>,
+        seqs: &[SeqChunk],
+    ) -> Vec<f32> {
+        let (vocab, hidden) = (cpu.config().vocab_size, cpu.config().hidden_size);
+        let seq_of: Vec<usize> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(s, c)| std::iter::repeat_n(s, c.ids.len()))
+            .collect();
+        let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
+        let cpu_trace = cpu.forward_trace(seqs, &mut cache).unwrap();
+        let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
+        let want = cpu
+            .logits(&cpu.forward_hidden(seqs, &mut cache).unwrap())
+            .unwrap();
+        let (got, gpu_trace) = cuda
+            .forward_traced(seqs, LogitRows::All)
+            .unwrap_or_else(|e| panic!("CUDA forward, {label}: {e}"));
+        compare(
+            label, &got, &want, &gpu_trace, &cpu_trace, &seq_of, vocab, hidden,
+        );
+        got
+    }
+
     fn chunks<'a>(ids: &'a [Vec<u32>], tables: &'a [Vec<u32>]) -> Vec<SeqChunk<'a>> {
         ids.iter()
             .zip(tables)
@@ -324,7 +353,7 @@ mod gpu {
         let (_dir, ckpt) = tiny();
         let cpu = CpuModel::load(&ckpt, Precision::Fp8).unwrap();
         let mut cuda = cuda_backend(&ckpt, gpu, KV_BLOCKS);
-        let (vocab, hidden) = (cpu.config().vocab_size, cpu.config().hidden_size);
+        let vocab = cpu.config().vocab_size;
         // One sequence of 1, 5 and 70 tokens (70 crosses a 64-token block), then all of them and
         // a 3-token one in one batched call (attention rounds with different S_q).
         let cases: [&[usize]; 4] = [&[1], &[5], &[70], &[1, 5, 70, 3]];
@@ -336,30 +365,7 @@ mod gpu {
                 .collect();
             let tables = block_tables(lens, KV_BLOCKS);
             let seqs = chunks(&ids, &tables);
-            let seq_of: Vec<usize> = lens
-                .iter()
-                .enumerate()
-                .flat_map(|(s, &l)| std::iter::repeat_n(s, l))
-                .collect();
-            let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
-            let cpu_trace = cpu.forward_trace(&seqs, &mut cache).unwrap();
-            let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
-            let want = cpu
-                .logits(&cpu.forward_hidden(&seqs, &mut cache).unwrap())
-                .unwrap();
-            let (got, gpu_trace) = cuda
-                .forward_traced(&seqs, LogitRows::All)
-                .unwrap_or_else(|e| panic!("CUDA forward, lengths {lens:?}: {e}"));
-            compare(
-                &format!("lengths {lens:?}"),
-                &got,
-                &want,
-                &gpu_trace,
-                &cpu_trace,
-                &seq_of,
-                vocab,
-                hidden,
-            );
+            let got = compare_with_cpu(&format!("lengths {lens:?}"), &cpu, &mut cuda, &seqs);
             // LogitRows::Last picks the last row of each sequence (only the lm_head GEMM's tile,
             // chosen by the row count, may change the f32 summation order).
             let last = cuda.forward(&seqs, LogitRows::Last).unwrap();
@@ -578,7 +584,7 @@ mod gpu {
             .collect();
         // Quantized at load by the released rule on both backends, so the CUDA backend tracks
         // the CPU fp8 path on these checkpoints as it does on an FP8 one.
-        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        let vocab = cfg.vocab_size;
         for (tensors, what) in [(bf16_tensors, "BF16"), (f32_tensors, "F32")] {
             let dir = TempDir::new("cuda-float");
             write_checkpoint(dir.path(), &cfg, &tensors, 1).unwrap();
@@ -593,30 +599,7 @@ mod gpu {
                 .collect();
             let tables = block_tables(&lens, KV_BLOCKS);
             let seqs = chunks(&ids, &tables);
-            let seq_of: Vec<usize> = lens
-                .iter()
-                .enumerate()
-                .flat_map(|(s, &l)| std::iter::repeat_n(s, l))
-                .collect();
-            let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
-            let cpu_trace = cpu.forward_trace(&seqs, &mut cache).unwrap();
-            let mut cache = cpu.new_cache(KV_BLOCKS).unwrap();
-            let want = cpu
-                .logits(&cpu.forward_hidden(&seqs, &mut cache).unwrap())
-                .unwrap();
-            let (got, gpu_trace) = cuda
-                .forward_traced(&seqs, LogitRows::All)
-                .unwrap_or_else(|e| panic!("CUDA forward on the {what} checkpoint: {e}"));
-            compare(
-                &format!("{what} checkpoint"),
-                &got,
-                &want,
-                &gpu_trace,
-                &cpu_trace,
-                &seq_of,
-                vocab,
-                hidden,
-            );
+            compare_with_cpu(&format!("{what} checkpoint"), &cpu, &mut cuda, &seqs);
         }
         // Fixtures the CUDA backend cannot run (narrow experts, other MLA widths) are refused
         // by name; the others load.
